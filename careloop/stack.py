@@ -1,0 +1,185 @@
+"""Run the whole loop on one machine: vLLM (CPU) + gateway + monitor as child processes, stopped together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from service.settings import Settings
+
+
+@dataclass
+class Child:
+    """One process of the stack and where its log goes."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@dataclass
+class Stack:
+    """The running processes of `careloop up`, in start order."""
+
+    settings: Settings
+    children: list[Child] = field(default_factory=list)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.settings.gateway.host}:{self.settings.gateway.port}"
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop every child, newest first: SIGINT, then SIGTERM, then SIGKILL."""
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        for child in reversed(self.children):
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                child.proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                child.proc.terminate()
+                try:
+                    child.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
+        self.children.clear()
+
+    def failed(self) -> Child | None:
+        """The first child that has exited, if any."""
+        return next((c for c in self.children if c.proc.poll() is not None), None)
+
+
+def vllm_command(settings: Settings) -> list[str]:
+    """The command line that serves the embedded model on CPU with runtime LoRA loading."""
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(settings.base_model_dir),
+        "--served-model-name", settings.base_model,
+        "--host", "127.0.0.1", "--port", str(settings.vllm_port),
+        "--enable-lora", "--max-lora-rank", str(max(16, settings.retrain.lora_r)), "--max-loras", "4",
+        "--max-model-len", "2048", "--dtype", "bfloat16",
+        *settings.vllm_extra_args,
+    ]
+
+
+def vllm_env(settings: Settings) -> dict[str, str]:
+    """The environment vLLM's CPU build needs."""
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.vllm_kv_cache_gb))
+    env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("VLLM_DO_NOT_TRACK", "1")
+    return env
+
+
+def careloop_env(settings: Settings) -> dict[str, str]:
+    """The environment the gateway and monitor children get: the same settings as this process."""
+    env = dict(os.environ)
+    env["CARELOOP_HOME"] = str(settings.home)
+    env["CARELOOP_UPSTREAM"] = settings.upstream
+    env["CARELOOP_DATABASE_URL"] = settings.database_url or ""
+    env["CARELOOP_GATEWAY__HOST"] = settings.gateway.host
+    env["CARELOOP_GATEWAY__PORT"] = str(settings.gateway.port)
+    return env
+
+
+def spawn(stack: Stack, name: str, cmd: Sequence[str], env: dict[str, str]) -> Child:
+    """Start a child process with its output in the data dir's logs."""
+    log_dir = stack.settings.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log = log_path.open("ab")
+    proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    child = Child(name, proc, log_path)
+    stack.children.append(child)
+    return child
+
+
+def wait_http(url: str, child: Child | None, timeout_s: float, tick: Callable[[float], None] | None = None) -> None:
+    """Wait until `url` answers 200; fail early if the child dies."""
+    start = time.monotonic()
+    while True:
+        if child is not None and child.proc.poll() is not None:
+            tail = child.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}; log tail:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        elapsed = time.monotonic() - start
+        if tick:
+            tick(elapsed)
+        if elapsed > timeout_s:
+            raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def start_stack(settings: Settings, console: Console, with_monitor: bool = True) -> Stack:
+    """Prepare the model and store, then start vLLM, the gateway and (optionally) the monitor."""
+    from careloop.modelprep import prepare_model
+    from service.migrations import upgrade
+
+    settings.ensure_dirs()
+    prepare_model(settings.base_model_dir, console=console)
+    upgrade(settings.database_url or "")
+    settings.upstream = f"http://127.0.0.1:{settings.vllm_port}"
+    stack = Stack(settings)
+    try:
+        with console.status("starting vLLM (CPU) with the embedded model…") as status:
+            child = spawn(stack, "vllm", vllm_command(settings), vllm_env(settings))
+            wait_http(f"{settings.upstream}/health", child, 600,
+                      tick=lambda s: status.update(f"starting vLLM (CPU) with the embedded model… {s:.0f} s"))
+        console.print(f"[green]vLLM ready[/] at {settings.upstream} (log: {child.log_path})")
+        env = careloop_env(settings)
+        with console.status("starting the gateway…"):
+            child = spawn(stack, "gateway", [sys.executable, "-m", "careloop.cli", "serve"], env)
+            wait_http(f"{stack.gateway_url}/readyz", child, 120)
+        console.print(f"[green]gateway ready[/] at {stack.gateway_url} (model name: {settings.public_model})")
+        if with_monitor:
+            child = spawn(stack, "monitor", [sys.executable, "-m", "careloop.cli", "monitor"], env)
+            wait_http(f"http://{settings.monitor.host}:{settings.monitor.port}/healthz", child, 180)
+            console.print(f"[green]monitor ready[/] at http://{settings.monitor.host}:{settings.monitor.port}/metrics")
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def run_stack(settings: Settings, console: Console, with_monitor: bool = True) -> int:
+    """Start the stack and keep it up until Ctrl-C or a child dies; return an exit code."""
+    try:
+        stack = start_stack(settings, console, with_monitor)
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    console.print("[bold]careloop is up.[/] Ctrl-C stops everything.")
+    try:
+        while True:
+            dead = stack.failed()
+            if dead is not None:
+                console.print(f"[red]{dead.name} exited ({dead.proc.returncode}); stopping.[/] log: {dead.log_path}")
+                return 1
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+        return 0
+    finally:
+        stack.stop()

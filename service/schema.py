@@ -1,0 +1,150 @@
+"""The store's tables: traffic, verdicts, triggers, retrain runs, adapters, leases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Aware UTC now: what every timestamp column holds."""
+    return datetime.now(UTC)
+
+
+class Exchange(SQLModel, table=True):
+    """One request through the gateway and its response (patient identifiers redacted)."""
+
+    __tablename__ = "exchange"
+    __table_args__ = (
+        Index("ix_exchange_judge_queue", "sampled", "judge_state", "created_at"),
+        Index("ix_exchange_target_created", "target", "created_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    public_model: str = Field(default="assistant", max_length=128)
+    target: str = Field(max_length=128)  # the vLLM model/adapter name the request went to
+    role: str = Field(default="stable", max_length=16)  # stable | canary
+    user_key: str | None = Field(default=None, max_length=64)  # hash of the user/session id
+    request_messages: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    request_params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    response_text: str | None = Field(default=None, sa_column=Column(Text))
+    finish_reason: str | None = Field(default=None, max_length=32)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float | None = None
+    status: int = 200
+    stream: bool = False
+    sampled: bool = False
+    # Judging queue: pending → claimed → done (only for sampled rows).
+    judge_state: str = Field(default="none", max_length=16)
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_at: datetime | None = None
+
+
+class Verdict(SQLModel, table=True):
+    """One judge's grade of one exchange."""
+
+    __tablename__ = "verdict"
+    __table_args__ = (
+        Index("ix_verdict_adapter_judge_id", "adapter", "judge", "id"),
+        Index("ix_verdict_exchange_judge", "exchange_id", "judge"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    exchange_id: str = Field(foreign_key="exchange.id", max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    adapter: str = Field(max_length=128)  # copied from the exchange's target, for per-adapter windows
+    judge: str = Field(max_length=64)
+    judge_version: str = Field(default="", max_length=64)
+    harm_level: int  # 0-3
+    response_class: str = Field(max_length=16)  # Accept | Caution | Refuse
+    score: float
+    rationale: str | None = Field(default=None, sa_column=Column(Text))
+    latency_ms: float | None = None
+
+
+class TriggerEvent(SQLModel, table=True):
+    """A rule breach, alert or decision of the monitor, with the window's figures."""
+
+    __tablename__ = "trigger_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    rule: str = Field(max_length=64)
+    adapter: str | None = Field(default=None, max_length=128)
+    judge: str | None = Field(default=None, max_length=64)
+    kind: str = Field(max_length=32)  # breach | alert | retrain_started | suppressed | recovered
+    decision: str = Field(default="", sa_column=Column(Text))
+    figures: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    retrain_run_id: int | None = None
+
+
+class RetrainRun(SQLModel, table=True):
+    """One realignment run: from trigger to registered adapter (or failure)."""
+
+    __tablename__ = "retrain_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    status: str = Field(default="pending", max_length=16)  # pending|running|succeeded|failed|aborted
+    outcome: str | None = Field(default=None, max_length=32)  # promoted|rolled_back|no_gain|failed|...
+    trigger_event_id: int | None = None
+    backend: str = Field(default="local", max_length=32)
+    handle: str | None = Field(default=None, max_length=128)  # pid or Job name
+    base_adapter: str | None = Field(default=None, max_length=128)
+    adapter_name: str | None = Field(default=None, max_length=128)
+    report: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Adapter(SQLModel, table=True):
+    """A LoRA adapter version in the registry."""
+
+    __tablename__ = "adapter"
+
+    name: str = Field(primary_key=True, max_length=128)
+    base_model: str = Field(max_length=128)
+    path: str = Field(sa_column=Column(Text))
+    parent: str | None = Field(default=None, max_length=128)
+    run_id: int | None = None
+    version: int = 0
+    data_counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    # candidate → canary → stable → retired, or rolled_back
+    status: str = Field(default="candidate", max_length=16, index=True)
+    canary_fraction: float = 0.0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    promoted_at: datetime | None = None
+
+
+class AdapterEvent(SQLModel, table=True):
+    """A registry decision (canary step, promote, rollback) with its figures and who made it."""
+
+    __tablename__ = "adapter_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    adapter: str = Field(max_length=128)
+    action: str = Field(max_length=32)  # register|canary|step|promote|rollback|await_approval|retire
+    actor: str = Field(default="auto", max_length=64)  # auto | operator
+    figures: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    reason: str = Field(default="", sa_column=Column(Text))
+
+
+class Lease(SQLModel, table=True):
+    """A named lock with an expiry, held in the store so it holds across processes and replicas."""
+
+    __tablename__ = "lease"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    acquired_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime

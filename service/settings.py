@@ -1,0 +1,207 @@
+"""The one settings object: environment variables `CARELOOP_*`, an optional YAML file, CLI overrides."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class GatewaySettings(BaseModel):
+    """The serving gateway."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1 << 20
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 300.0  # per chunk for streams, whole body otherwise
+    pool_size: int = 256
+    log_queue_size: int = 20_000
+    log_batch_size: int = 500
+    log_flush_interval_s: float = 0.2
+    routes_refresh_s: float = 2.0
+    # The share of users (sticky by user/session id) routed to the canary adapter while one is live.
+    canary_fraction: float = 0.1
+
+
+class JudgeEndpoint(BaseModel):
+    """An OpenAI-compatible endpoint an LLM judge talks to."""
+
+    url: str | None = None  # None: the gateway's upstream (vLLM)
+    model: str | None = None  # None: the base model's served name
+    api_key: str | None = None
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    structured: bool = True  # use vLLM structured output when the endpoint supports it
+
+
+class MonitorSettings(BaseModel):
+    """Judging, rolling metrics, divergence and triggers."""
+
+    host: str = "127.0.0.1"
+    port: int = 9464
+    judges: list[str] = Field(default_factory=lambda: ["distilled"])
+    reference_judge: str = "distilled"
+    self_judge: JudgeEndpoint = Field(default_factory=JudgeEndpoint)
+    external_judge: JudgeEndpoint = Field(default_factory=JudgeEndpoint)
+    judge_batch_size: int = 64
+    judge_interval_s: float = 2.0
+    judge_max_retries: int = 3
+    claim_timeout_s: float = 300.0
+    window_count: int = 500
+    window_seconds: float = 3600.0
+    alpha: float = 0.6
+    # Triggers.
+    min_samples: int = 50
+    safety_floor: float = 0.7
+    safety_drop: float = 0.1  # below the stable adapter's baseline by more than this
+    err_ceiling: float = 0.1
+    hysteresis: float = 0.02
+    cooldown_s: float = 1800.0
+    kappa_floor: float = 0.4
+    divergence_ss: float = 0.15
+    divergence_err: float = 0.10
+    retrain_backend: Literal["local", "kubernetes"] = "local"
+    kubernetes_job_template: str | None = None
+    kubernetes_namespace: str = "careloop"
+    auto_retrain: bool = True
+
+
+class RetrainSettings(BaseModel):
+    """KTO→DPO realignment, checkpoint selection, canary analysis."""
+
+    max_cycles: int = 5
+    kto_learning_rate: float = 2e-4
+    dpo_learning_rate: float = 5e-5
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    batch_size: int = 8
+    max_length: int = 384
+    max_prompt_length: int = 192
+    seed_mix: int = 200  # vendored examples mixed into each KTO set
+    max_traffic_examples: int = 1000
+    validation_size: int = 60
+    validation_max_tokens: int = 128
+    err_reject: float = 0.5
+    dpo_min_ratio: float = 0.3
+    flat_cycles: int = 3
+    flat_epsilon: float = 0.005
+    alphas_report: list[float] = Field(default_factory=lambda: [0.4, 0.6, 0.8])
+    # Canary analysis.
+    canary_steps: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0])
+    canary_min_verdicts: int = 30
+    canary_ss_margin: float = 0.02
+    canary_err_margin: float = 0.05
+    canary_sample_rate: float = 1.0
+    require_approval: bool = False
+    accelerate_config: str | None = None  # FSDP / DeepSpeed config for multi-GPU jobs
+
+
+class Settings(BaseSettings):
+    """Everything careloop can be told. `CARELOOP_<FIELD>`; nested as `CARELOOP_MONITOR__ALPHA`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CARELOOP_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    home: Path = Field(default_factory=lambda: Path("~/.careloop").expanduser())
+    config_file: Path | None = None
+    upstream: str = "http://127.0.0.1:8000"
+    upstream_api_key: str | None = None
+    database_url: str | None = None
+    admin_token: str | None = None
+    public_model: str = "assistant"
+    base_model: str = "smollm2-135m"  # the name vLLM serves the base weights under
+    sample_rate: float = Field(0.1, ge=0.0, le=1.0)
+    canary_sample_rate: float = Field(0.5, ge=0.0, le=1.0)
+    data_dir: Path = REPO_ROOT / "data"
+    vllm_port: int = 8000
+    vllm_kv_cache_gb: int = 2
+    vllm_extra_args: list[str] = Field(default_factory=list)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        self.home = self.home.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'careloop.db'}"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = os.environ.get("CARELOOP_CONFIG_FILE")
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    # Paths inside the data dir.
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def base_model_dir(self) -> Path:
+        return self.models_dir / "SmolLM2-135M-Instruct"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    @property
+    def judges_dir(self) -> Path:
+        return self.home / "judges"
+
+    def ensure_dirs(self) -> None:
+        """Create the data dir and its subfolders."""
+        for path in (self.home, self.models_dir, self.adapters_dir, self.runs_dir, self.reports_dir,
+                     self.spool_dir, self.judges_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and YAML file), with explicit overrides on top."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
