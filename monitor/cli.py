@@ -1,4 +1,4 @@
-"""Command-line commands of this package (heavy imports stay inside the commands)."""
+"""The monitor package's commands: `monitor`, `judge train|audit`, `review` (heavy imports stay inside)."""
 
 from __future__ import annotations
 
@@ -6,4 +6,9 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Attach this package's commands to the main `careloop` app."""
+    """Attach the monitor's and the judges' commands to the main `careloop` app."""
+    from monitor.judge_cli import register as register_judges
+    from monitor.monitor_cli import register as register_monitor
+
+    register_monitor(app)
+    register_judges(app)
