@@ -112,6 +112,22 @@ class RetrainSettings(BaseModel):
     accelerate_config: str | None = None  # FSDP / DeepSpeed config for multi-GPU jobs
 
 
+class DemoSettings(BaseModel):
+    """`careloop demo`: how much traffic to replay and how long to let the loop run."""
+
+    traffic: int = 240  # prompts replayed before the trigger (repeated in rounds until it fires)
+    canary_traffic: int = 400  # prompts replayed at most while the canary is analysed
+    concurrency: int = 8
+    max_tokens: int = 96
+    sample_rate: float = 1.0  # judge every exchange so the window fills fast
+    min_samples: int = 60
+    cycles: int = 2
+    eval_harmful: int = 60
+    eval_benign: int = 60
+    eval_xstest_safe: int = 100
+    timeout_s: float = 3600.0
+
+
 class Settings(BaseSettings):
     """Everything careloop can be told. `CARELOOP_<FIELD>`; nested as `CARELOOP_MONITOR__ALPHA`."""
 
@@ -122,6 +138,8 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path("~/.careloop").expanduser())
     config_file: Path | None = None
     upstream: str = "http://127.0.0.1:8000"
+    # Every vLLM replica the gateway balances over and loads adapters into; empty means [upstream].
+    upstream_replicas: list[str] = Field(default_factory=list)
     upstream_api_key: str | None = None
     database_url: str | None = None
     admin_token: str | None = None
@@ -136,6 +154,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    demo: DemoSettings = Field(default_factory=DemoSettings)
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
@@ -158,6 +177,11 @@ class Settings(BaseSettings):
         if yaml_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         return tuple(sources)
+
+    @property
+    def upstreams(self) -> list[str]:
+        """The vLLM base URLs to serve from (no trailing slash)."""
+        return [u.rstrip("/") for u in (self.upstream_replicas or [self.upstream])]
 
     # Paths inside the data dir.
     @property
