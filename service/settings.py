@@ -76,6 +76,23 @@ class MonitorSettings(BaseModel):
     kubernetes_job_template: str | None = None
     kubernetes_namespace: str = "careloop"
     auto_retrain: bool = True
+    # Monitor internals (issue 4).
+    trigger_window: Literal["count", "time"] = "count"  # which rolling window the trigger rules read
+    err_min_harmless: int = 20  # ERR rules need at least this many harm-0 prompts in the window
+    judge_backoff_s: float = 1.0  # first retry delay of a failing judge; doubles per attempt
+    judge_cooloff_max_s: float = 60.0  # a judge that keeps failing is skipped this long at most
+    metrics_interval_s: float = 2.0  # windows/metrics refresh period
+    trigger_interval_s: float = 5.0  # trigger evaluation period
+    launcher_interval_s: float = 5.0  # retrain launcher poll period
+    leader_lease_ttl_s: float = 30.0  # one replica evaluates triggers (lease "monitor-leader")
+    retrain_lease_ttl_s: float = 900.0  # lease "retrain", renewed while a run is alive
+    retrain_stale_s: float = 1800.0  # a run nobody supervises with no heartbeat this long is failed
+    # The local backend's command; {run_id} is replaced. None: `careloop retrain --run-id {run_id}`.
+    retrain_command: list[str] | None = None
+    kubernetes_api_url: str | None = None  # None: in-cluster (https://kubernetes.default.svc)
+    kubernetes_token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    kubernetes_ca_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    kubernetes_image: str | None = None  # overrides the template's container image when set
 
 
 class RetrainSettings(BaseModel):
