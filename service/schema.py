@@ -93,7 +93,7 @@ class RetrainRun(SQLModel, table=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     heartbeat_at: datetime | None = None
-    status: str = Field(default="pending", max_length=16)  # pending|running|succeeded|failed|aborted
+    status: str = Field(default="pending", max_length=16, index=True)  # pending|running|succeeded|failed|aborted
     outcome: str | None = Field(default=None, max_length=32)  # promoted|rolled_back|no_gain|failed|...
     trigger_event_id: int | None = None
     backend: str = Field(default="local", max_length=32)
