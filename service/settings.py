@@ -127,6 +127,12 @@ class RetrainSettings(BaseModel):
     canary_sample_rate: float = 1.0
     require_approval: bool = False
     accelerate_config: str | None = None  # FSDP / DeepSpeed config for multi-GPU jobs
+    kto_beta: float = 0.1
+    dpo_beta: float = 0.1
+    warmup_fraction: float = 0.1  # of one epoch's steps
+    seed: int = 0
+    torch_threads: int = 0  # CPU threads for training (0: torch's default, all cores)
+    force_cpu: bool = False  # train on the CPU even when a GPU is visible
 
 
 class DemoSettings(BaseModel):
