@@ -102,10 +102,9 @@ def up(
 
 def _register_subcommands() -> None:
     """Attach the monitor's and retrain's commands (their modules import heavy code lazily)."""
+    from careloop.demo import register as register_demo
     from monitor.cli import register as register_monitor
     from retrain.cli import register as register_retrain
-
-    from careloop.demo import register as register_demo
 
     register_monitor(app)
     register_retrain(app)

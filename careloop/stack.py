@@ -88,13 +88,15 @@ def vllm_env(settings: Settings) -> dict[str, str]:
 
 
 def careloop_env(settings: Settings) -> dict[str, str]:
-    """The environment the gateway and monitor children get: the same settings as this process."""
-    env = dict(os.environ)
+    """The environment the gateway and monitor children get: exactly this process's settings, as a YAML file."""
+    import yaml
+
+    path = settings.home / "effective-settings.yaml"
+    data = settings.model_dump(mode="json", exclude={"config_file"})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")}
+    env["CARELOOP_CONFIG_FILE"] = str(path)
     env["CARELOOP_HOME"] = str(settings.home)
-    env["CARELOOP_UPSTREAM"] = settings.upstream
-    env["CARELOOP_DATABASE_URL"] = settings.database_url or ""
-    env["CARELOOP_GATEWAY__HOST"] = settings.gateway.host
-    env["CARELOOP_GATEWAY__PORT"] = str(settings.gateway.port)
     return env
 
 

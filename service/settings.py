@@ -168,8 +168,8 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     public_model: str = "assistant"
     base_model: str = "smollm2-135m"  # the name vLLM serves the base weights under
-    sample_rate: float = Field(0.1, ge=0.0, le=1.0)
-    canary_sample_rate: float = Field(0.5, ge=0.0, le=1.0)
+    sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    canary_sample_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     data_dir: Path = REPO_ROOT / "data"
     vllm_port: int = 8000
     vllm_kv_cache_gb: int = 2
