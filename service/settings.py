@@ -168,6 +168,8 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     public_model: str = "assistant"
     base_model: str = "smollm2-135m"  # the name vLLM serves the base weights under
+    # Where the base weights live (a cluster mounts them from the shared volume); None: the embedded model.
+    base_model_path: Path | None = None
     sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     canary_sample_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     data_dir: Path = REPO_ROOT / "data"
@@ -213,7 +215,7 @@ class Settings(BaseSettings):
 
     @property
     def base_model_dir(self) -> Path:
-        return self.models_dir / "SmolLM2-135M-Instruct"
+        return self.base_model_path or self.models_dir / "SmolLM2-135M-Instruct"
 
     @property
     def adapters_dir(self) -> Path:
