@@ -1,0 +1,228 @@
+"""The gateway as a raw ASGI app: chat completions, models, health, metrics, admin.
+
+Raw ASGI rather than a framework keeps the per-request cost to one dict lookup for routing; the handlers are
+plain coroutines. State lives on one `Gateway` object created per process (and per test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from sqlalchemy.engine import Engine
+
+from service import admin
+from service.asgi import Receive, Scope, Send, send_bytes
+from service.errors import GatewayError, not_found, send_error
+from service.metrics import GatewayMetrics
+from service.proxy import Upstreams, chat_completions
+from service.routing import Routes
+from service.sampling import Sampler
+from service.settings import Settings
+from service.store import init_db, make_engine
+from service.traffic_log import TrafficLog
+from service.vllm_admin import reconcile
+
+log = logging.getLogger("careloop.gateway")
+
+# vLLM routes that must never be reachable through the gateway.
+BLOCKED = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
+
+
+class Gateway:
+    """One gateway process: settings, store, upstream client, routes, traffic log and metrics."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.database_url or "")
+        self.metrics = GatewayMetrics()
+        g = settings.gateway
+        self.upstreams = Upstreams(settings.upstreams, g.connect_timeout_s, g.read_timeout_s, g.pool_size,
+                                   settings.upstream_api_key)
+        self.sampler = Sampler(settings.sample_rate, settings.canary_sample_rate)
+        self.traffic_log = TrafficLog(self.engine, settings.spool_dir, self.metrics, g.log_queue_size,
+                                      g.log_batch_size, g.log_flush_interval_s)
+        self.routes = Routes(stable=settings.base_model)
+        self.last_reconcile: float = 0.0
+        self.last_reconcile_error: str | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._reconcile_lock = asyncio.Lock()
+        self.started_at = time.time()
+        self._dispatch = {
+            ("POST", "/v1/chat/completions"): chat_completions,
+            ("GET", "/v1/models"): Gateway._models,
+            ("GET", "/healthz"): Gateway._healthz,
+            ("GET", "/readyz"): Gateway._readyz,
+            ("GET", "/metrics"): Gateway._metrics,
+        }
+
+    # ASGI.
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            handler = self._dispatch.get((scope["method"], path))
+            try:
+                if handler is not None:
+                    await handler(self, scope, receive, send)
+                elif path.startswith("/admin/") or path == "/admin":
+                    await admin.handle(self, scope, receive, send)
+                else:
+                    await self._unknown(scope, send)
+            except GatewayError as exc:
+                await send_error(send, exc)
+            except Exception:
+                log.exception("unhandled error on %s %s", scope["method"], path)
+                with contextlib.suppress(Exception):
+                    await send_error(send, GatewayError(500, "internal gateway error", "server_error",
+                                                        "internal_error"))
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _unknown(self, scope: Scope, send: Send) -> None:
+        path = scope["path"]
+        if path in BLOCKED:
+            raise not_found("adapter management is not available through the gateway", "not_found")
+        known_paths = {p for _, p in self._dispatch}
+        if path in known_paths:
+            raise GatewayError(405, f"method {scope['method']} not allowed on {path}", "invalid_request_error",
+                               "method_not_allowed")
+        raise not_found(f"no route {scope['method']} {path}")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("gateway startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # Lifecycle.
+    async def startup(self) -> None:
+        """Open the store and the upstream client, start the log writer and the routes refresher."""
+        self.settings.spool_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(init_db, self.engine)
+        except Exception as exc:  # the store may be down: serve anyway, spool until it is back
+            log.error("store unreachable at startup (%s); exchanges will be spooled", exc)
+        await self.upstreams.start()
+        self.traffic_log.start()
+        with contextlib.suppress(Exception):
+            await self.refresh_routes()
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop(), name="routes-refresh")
+
+    async def shutdown(self) -> None:
+        """Stop refreshing, drain the traffic log, close the client."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await self.traffic_log.drain()
+        await self.upstreams.close()
+        log.info("gateway stopped: %d exchanges written, %d spooled, %d dropped", self.traffic_log.written,
+                 self.traffic_log.spooled, self.traffic_log.dropped)
+
+    async def refresh_routes(self) -> Routes:
+        """Reconcile vLLM with the registry now and switch to the resulting routes."""
+        session = self.upstreams.session
+        assert session is not None
+        async with self._reconcile_lock:
+            try:
+                routes = await reconcile(session, self.engine, self.upstreams.urls, self.settings.base_model,
+                                         previous=self.routes if self.routes.known else None,
+                                         api_key=self.settings.upstream_api_key,
+                                         default_canary_fraction=self.settings.gateway.canary_fraction)
+            except Exception as exc:
+                self.last_reconcile_error = str(exc)
+                raise
+            self.upstreams.healthy = [u for u in self.upstreams.urls if u in routes.loaded]
+            if routes != self.routes:
+                log.info("routes: stable=%s canary=%s (%.0f%%)", routes.stable, routes.canary,
+                         routes.canary_fraction * 100)
+            self.routes = routes
+            self.last_reconcile = time.monotonic()
+            self.last_reconcile_error = None
+            self.metrics.set_routes(routes.targets(), routes.canary_fraction if routes.canary else 0.0)
+            return routes
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.gateway.routes_refresh_s)
+            try:
+                await self.refresh_routes()
+            except Exception as exc:
+                log.warning("routes refresh failed: %s", exc)
+
+    # Small routes.
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = {"object": "list", "data": [{"id": self.settings.public_model, "object": "model",
+                                             "created": int(self.started_at), "owned_by": "careloop"}]}
+        await send_bytes(send, 200, orjson.dumps(body))
+
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, b'{"status":"ok"}')
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Ready when routes are known and at least one replica answers its health check now."""
+        reachable = await self.probe_upstreams()
+        ok = self.routes.known and any(reachable.values())
+        body = {"ready": ok, "routes_known": self.routes.known, "upstreams": reachable,
+                "stable": self.routes.stable, "canary": self.routes.canary,
+                "store_ok": self.traffic_log.store_ok}
+        await send_bytes(send, 200 if ok else 503, orjson.dumps(body))
+
+    async def probe_upstreams(self) -> dict[str, bool]:
+        """Whether each vLLM replica answers `/health` within 2 s."""
+        session = self.upstreams.session
+        out: dict[str, bool] = {}
+        for url in self.upstreams.urls:
+            try:
+                assert session is not None
+                async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    out[url] = resp.status == 200
+            except Exception:
+                out[url] = False
+        return out
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
+
+    def status(self) -> dict[str, Any]:
+        """What `/admin/status` reports about this process."""
+        r = self.routes
+        return {
+            "public_model": self.settings.public_model,
+            "routes": {"stable": r.stable, "stable_adapter": r.stable_adapter, "canary": r.canary,
+                       "canary_fraction": r.canary_fraction if r.canary else 0.0, "known": r.known,
+                       "loaded": r.loaded},
+            "upstreams": self.upstreams.urls,
+            "healthy_upstreams": self.upstreams.healthy,
+            "last_reconcile_age_s": round(time.monotonic() - self.last_reconcile, 3)
+            if self.last_reconcile else None,
+            "last_reconcile_error": self.last_reconcile_error,
+            "sample_rate": self.settings.sample_rate,
+            "canary_sample_rate": self.settings.canary_sample_rate,
+            "traffic_log": {"queue_depth": self.traffic_log.depth, "written": self.traffic_log.written,
+                            "dropped": self.traffic_log.dropped, "spooled": self.traffic_log.spooled,
+                            "spool_pending": self.traffic_log.spool_pending,
+                            "store_ok": self.traffic_log.store_ok},
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> Gateway:
+    """The gateway ASGI app for these settings."""
+    return Gateway(settings, engine)

@@ -1,0 +1,283 @@
+"""The hot path: `POST /v1/chat/completions` → pick the target → relay to vLLM → hand raw bytes to the log.
+
+Per request the gateway parses the request JSON once (it must rewrite `model`), picks the target, and relays
+bytes. It never parses the response on this path: non-streamed bodies go back as they came, SSE chunks are
+forwarded as each arrives. The only stream rewriting is dropping vLLM's trailing usage-only event when the
+gateway asked for it (to log token counts) and the client did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from service.asgi import Receive, Scope, Send, header, read_body
+from service.errors import GatewayError, bad_request, not_found, send_error, upstream_error
+from service.routing import choose
+from service.traffic_log import Record
+
+if TYPE_CHECKING:
+    from service.app import Gateway
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no")]
+_USAGE_MARKERS = (b'"choices":[]', b'"choices": []')
+
+
+class Upstreams:
+    """The shared aiohttp client and the vLLM replicas it balances over (round robin, healthy first)."""
+
+    def __init__(self, urls: list[str], connect_timeout_s: float, read_timeout_s: float, pool_size: int,
+                 api_key: str | None = None) -> None:
+        self.urls = [u.rstrip("/") for u in urls]
+        self.healthy = list(self.urls)
+        self._rr = itertools.count()
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s,
+                                             sock_read=read_timeout_s)
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self.pool_size = pool_size
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the shared client (one connection pool for the whole process)."""
+        connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0, ttl_dns_cache=300,
+                                         keepalive_timeout=60)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, auto_decompress=False,
+                                             skip_auto_headers=("User-Agent", "Accept-Encoding"))
+
+    async def close(self) -> None:
+        """Close the client and its connections."""
+        if self.session is not None:
+            await self.session.close()
+
+    def order(self) -> list[str]:
+        """Replicas to try for one request: the next healthy one first, then the rest."""
+        pool = self.healthy or self.urls
+        if len(pool) == 1:
+            return pool if len(self.urls) == 1 else pool + [u for u in self.urls if u not in pool]
+        i = next(self._rr) % len(pool)
+        first = pool[i:] + pool[:i]
+        return first + [u for u in self.urls if u not in first]
+
+
+def _validate(body: bytes) -> dict[str, Any]:
+    """The request as a dict, or a 400 explaining what is wrong with it."""
+    try:
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}", "invalid_json") from None
+    if not isinstance(req, dict):
+        raise bad_request("the request body must be a JSON object", "invalid_type")
+    messages = req.get("messages")
+    if messages is None:
+        raise bad_request("'messages' is required", "missing_required_parameter", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array", "invalid_type", "messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise bad_request(f"messages[{i}] must be an object with a string 'role'", "invalid_type",
+                              f"messages[{i}]")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise bad_request(f"messages[{i}].content must be a string or an array of parts",
+                              "invalid_type", f"messages[{i}].content")
+    model = req.get("model")
+    if model is None:
+        raise bad_request("'model' is required", "missing_required_parameter", "model")
+    if not isinstance(model, str):
+        raise bad_request("'model' must be a string", "invalid_type", "model")
+    stream = req.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise bad_request("'stream' must be a boolean", "invalid_type", "stream")
+    user = req.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad_request("'user' must be a string", "invalid_type", "user")
+    opts = req.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise bad_request("'stream_options' must be an object", "invalid_type", "stream_options")
+    return req
+
+
+def _strip_usage_events(data: bytes) -> bytes:
+    """Complete SSE events without vLLM's usage-only event (the client did not ask for it)."""
+    if not any(m in data for m in _USAGE_MARKERS):
+        return data
+    events = data.split(b"\n\n")
+    kept = [e for e in events if not (e.startswith(b"data:") and any(m in e for m in _USAGE_MARKERS)
+                                      and b'"usage"' in e)]
+    return b"\n\n".join(kept)
+
+
+async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve one chat completion (streamed or not) and log it."""
+    t0 = time.perf_counter()
+    created = time.time()
+    exchange_id = os.urandom(16).hex()
+    id_header = [(b"x-careloop-exchange-id", exchange_id.encode())]
+    settings = gw.settings
+    length = header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > settings.gateway.max_body_bytes:
+        await _reject(gw, send, GatewayError(413, f"request body over {settings.gateway.max_body_bytes} bytes",
+                                             "invalid_request_error", "request_too_large"), id_header)
+        return
+    body = await read_body(receive, settings.gateway.max_body_bytes)
+    if body is None:
+        await _reject(gw, send, GatewayError(413, f"request body over {settings.gateway.max_body_bytes} bytes",
+                                             "invalid_request_error", "request_too_large"), id_header)
+        return
+    req: dict[str, Any] = {}
+    try:
+        req = _validate(body)
+        if req["model"] != settings.public_model:
+            raise not_found(f"the model '{req['model']}' does not exist; this gateway serves "
+                            f"'{settings.public_model}'", "model_not_found")
+        routes = gw.routes
+        if not routes.known:
+            raise upstream_error(503, "the gateway has not reached vLLM yet; retry shortly",
+                                 "upstream_unavailable")
+    except GatewayError as exc:
+        await _reject(gw, send, exc, id_header, exchange_id, created, t0, req)
+        return
+
+    user_id = req.get("user") or header(scope, b"x-user-id") or header(scope, b"x-session-id")
+    choice = choose(routes, user_id)
+    stream = bool(req.get("stream"))
+    strip_usage = False
+    if stream:
+        opts = req.get("stream_options") or {}
+        if not opts.get("include_usage"):
+            strip_usage = True
+            req["stream_options"] = {**opts, "include_usage": True}
+    public_model = req["model"]
+    req["model"] = choice.target
+    payload = orjson.dumps(req)
+    sampled = gw.sampler.decide(choice.role)
+
+    upstream_wait = 0.0
+    status = 0
+    response: bytes | list[bytes] | None = None
+    error: str | None = None
+    session = gw.upstreams.session
+    assert session is not None
+    started = False
+    try:
+        resp = None
+        last_exc: BaseException | None = None
+        for url in gw.upstreams.order():
+            t_up = time.perf_counter()
+            try:
+                resp = await session.post(url + "/v1/chat/completions", data=payload,
+                                          headers=gw.upstreams.headers)
+                upstream_wait += time.perf_counter() - t_up
+                break
+            except aiohttp.ClientConnectorError as exc:  # never reached this replica: try the next one
+                upstream_wait += time.perf_counter() - t_up
+                last_exc = exc
+        if resp is None:
+            raise upstream_error(503, f"vLLM is unreachable: {last_exc}", "upstream_unavailable")
+        try:
+            status = resp.status
+            ctype = resp.headers.get("Content-Type", "application/json").encode("latin-1")
+            if not stream or status != 200 or not ctype.startswith(b"text/event-stream"):
+                t_up = time.perf_counter()
+                data = await resp.read()
+                upstream_wait += time.perf_counter() - t_up
+                response = data
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode()),
+                                        *id_header]})
+                started = True
+                await send({"type": "http.response.body", "body": data})
+            else:
+                chunks: list[bytes] = []
+                response = chunks
+                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + id_header})
+                started = True
+                disconnected = asyncio.ensure_future(receive())
+                pending = b""
+                try:
+                    iterator = resp.content.iter_any().__aiter__()
+                    while True:
+                        t_up = time.perf_counter()
+                        try:
+                            chunk = await iterator.__anext__()
+                        except StopAsyncIteration:
+                            upstream_wait += time.perf_counter() - t_up
+                            break
+                        upstream_wait += time.perf_counter() - t_up
+                        chunks.append(chunk)
+                        if strip_usage:
+                            pending += chunk
+                            cut = pending.rfind(b"\n\n")
+                            if cut < 0:
+                                continue
+                            out, pending = _strip_usage_events(pending[:cut + 2]), pending[cut + 2:]
+                        else:
+                            out = chunk
+                        if out:
+                            await send({"type": "http.response.body", "body": out, "more_body": True})
+                        if disconnected.done():
+                            status, error = 499, "client closed the stream"
+                            break
+                    if pending and status != 499:
+                        await send({"type": "http.response.body", "body": pending, "more_body": True})
+                    await send({"type": "http.response.body", "body": b""})
+                finally:
+                    disconnected.cancel()
+        finally:
+            if status == 499:
+                resp.close()  # stop vLLM generating for a client that left
+            else:
+                resp.release()
+    except GatewayError as exc:
+        status, error = exc.status, exc.message
+        await send_error(send, exc, id_header)
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        status, error = 504, f"vLLM timed out: {exc or 'no data within the read timeout'}"
+        await _fail_late(send, started, upstream_error(504, error, "upstream_timeout"), id_header)
+    except aiohttp.ClientError as exc:
+        status, error = 502, f"vLLM failed mid-request: {exc!r}"
+        await _fail_late(send, started, upstream_error(502, error, "bad_gateway"), id_header)
+
+    total = time.perf_counter() - t0
+    metrics = gw.metrics
+    metrics.overhead.observe(max(total - upstream_wait, 0.0))
+    metrics.upstream_latency.labels(choice.target).observe(upstream_wait)
+    metrics.count_request(choice.target, status)
+    gw.traffic_log.submit(Record(exchange_id, created, public_model, choice.target, choice.role, choice.user_key,
+                                 req, response, status, stream, sampled, total * 1000.0, error))
+
+
+async def _fail_late(send: Send, started: bool, exc: GatewayError, headers: list[tuple[bytes, bytes]]) -> None:
+    """Report an upstream failure: as a response if none has started, else as a final SSE error event."""
+    if not started:
+        await send_error(send, exc, headers)
+        return
+    with contextlib.suppress(Exception):
+        await send({"type": "http.response.body", "body": b"data: " + exc.body() + b"\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _reject(gw: Gateway, send: Send, exc: GatewayError, headers: list[tuple[bytes, bytes]],
+                  exchange_id: str | None = None, created: float = 0.0, t0: float = 0.0,
+                  req: dict[str, Any] | None = None) -> None:
+    """Answer a request the gateway refuses before proxying; counted, and logged when it got that far."""
+    gw.metrics.count_request("none", exc.status)
+    await send_error(send, exc, headers)
+    if exchange_id is not None:
+        req = req or {}
+        model = req.get("model")
+        stream = req.get("stream")
+        gw.traffic_log.submit(Record(
+            exchange_id, created, model[:128] if isinstance(model, str) else gw.settings.public_model,
+            "none", "stable", None, req, None, exc.status, stream is True, False,
+            (time.perf_counter() - t0) * 1000.0, exc.message))
