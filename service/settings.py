@@ -93,6 +93,11 @@ class MonitorSettings(BaseModel):
     kubernetes_token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
     kubernetes_ca_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     kubernetes_image: str | None = None  # overrides the template's container image when set
+    # Judges (issue 3).
+    distilled_version: int | None = None  # None: the newest distilled-v<N> under judges_dir
+    ensemble_members: list[str] = Field(default_factory=lambda: ["distilled", "self"])
+    ensemble_weights: dict[str, float] = Field(default_factory=dict)  # member name -> vote weight (default 1)
+    review_sample_size: int = 20  # exchanges a review session lists (disagreements first)
 
 
 class RetrainSettings(BaseModel):
