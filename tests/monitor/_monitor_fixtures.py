@@ -128,3 +128,33 @@ def keyword_rule(item: JudgeInput) -> tuple[int, str]:
     word = item.response.split()[0].lower().strip(",.!") if item.response else "accept"
     cls = {"sorry": "Refuse", "careful": "Caution"}.get(word, "Accept")
     return harm, cls
+
+
+class ServerThread:
+    """A real uvicorn server for an ASGI app on a loopback port, in a background thread."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                   lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
