@@ -53,6 +53,8 @@ def dashboard_exprs(dashboard: dict[str, Any] | None = None) -> list[str]:
         for inner in [panel, *panel.get("panels", [])]:
             exprs += [t["expr"] for t in inner.get("targets", []) if "expr" in t]
     for var in dash.get("templating", {}).get("list", []):
+        if var.get("type") != "query":
+            continue
         q = var.get("query")
         if isinstance(q, dict):
             q = q.get("query")
@@ -73,3 +75,18 @@ def base_name(sample_name: str) -> str:
         if sample_name.endswith(suffix):
             return sample_name[: -len(suffix)]
     return sample_name
+
+
+def exported_metric_names() -> dict[str, set[str]]:
+    """careloop_* family names the code exports: {'monitor': …, 'gateway': …, 'judges': …}."""
+    from prometheus_client import REGISTRY
+
+    import monitor.judges.llm  # noqa: F401  (registers careloop_judge_errors_total)
+    from monitor.metrics import MonitorMetrics
+    from service.metrics import GatewayMetrics
+
+    def families(registry: Any) -> set[str]:
+        return {base_name(f.name) for f in registry.collect() if f.name.startswith("careloop_")}
+
+    return {"monitor": families(MonitorMetrics().registry), "gateway": families(GatewayMetrics().registry),
+            "judges": families(REGISTRY)}
