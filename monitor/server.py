@@ -39,6 +39,10 @@ def review_routes(settings: Settings, engine: Any) -> list[BaseRoute]:
 
 def create_app(settings: Settings, service: MonitorService) -> Starlette:
     """The Starlette app serving one monitor service."""
+    try:  # the judges' error counter lives in the default registry: export it even before any LLM judge runs
+        importlib.import_module("monitor.judges.llm")
+    except ImportError:
+        log.warning("monitor.judges.llm unavailable: careloop_judge_errors_total is not exported")
 
     async def metrics(_: Request) -> Response:
         body = service.metrics.exposition()

@@ -60,6 +60,12 @@ class MonitorService:
     stats: dict[str, JobStat] = field(default_factory=dict)
     started: bool = False
     queue: int = 0
+    http_server: Any = None  # the uvicorn server while `serve` runs
+
+    def request_stop(self) -> None:
+        """Ask a running `serve` to shut down (from any thread)."""
+        if self.http_server is not None:
+            self.http_server.should_exit = True
 
     @classmethod
     def create(cls, settings: Settings, *, engine: Engine | None = None, judges: Mapping[str, Judge] | None = None,
@@ -221,6 +227,7 @@ async def serve(settings: Settings, service: MonitorService | None = None,
     config = uvicorn.Config(app, host=m.host, port=m.port, log_level="warning", access_log=False,
                             lifespan="off")
     server = uvicorn.Server(config)
+    service.http_server = server
     scheduler.start()
     if on_ready is not None:
         on_ready(service)
