@@ -1,9 +1,170 @@
-"""Command-line commands (placeholder until this part lands)."""
+"""`careloop judge train|audit` and `careloop review` (a person labels sampled exchanges in the terminal)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+judge_app = typer.Typer(help="Judges: train the distilled judge, audit a judge against labels.",
+                        no_args_is_help=True)
+
+
+@judge_app.command("train")
+def train(
+    heldout: Annotated[str | None, typer.Option(
+        help="Keep this XSTest source model out of training and record κ on it (gpt4, llama2new, "
+             "mistralinstruct).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of the response-class head.")] = None,
+) -> None:
+    """Train a new version of the distilled judge (distilled-v<N> under the judges dir)."""
+    from monitor.datasets import XSTEST_MODELS
+    from monitor.judges.distilled import DistilledConfig, rich_progress, train_distilled
+    from service.settings import load_settings
+
+    settings = load_settings()
+    if heldout is not None and heldout not in XSTEST_MODELS:
+        console.print(f"[red]error:[/] --heldout must be one of {', '.join(XSTEST_MODELS)}")
+        raise typer.Exit(2)
+    cfg = DistilledConfig()
+    if epochs is not None:
+        if epochs < 1:
+            console.print("[red]error:[/] --epochs must be at least 1")
+            raise typer.Exit(2)
+        cfg.epochs = epochs
+    settings.ensure_dirs()
+    update, stop = rich_progress()
+    try:
+        report = train_distilled(settings, cfg, heldout_model=heldout, progress=update)
+    finally:
+        stop()
+    console.print(f"[green]distilled judge v{report.version}[/] at {report.path} ({report.seconds:.0f} s)")
+    if report.heldout:
+        console.print(f"held-out {report.heldout['xstest_model']}: κ {report.heldout['kappa']:.3f}, "
+                      f"accuracy {report.heldout['accuracy']:.1%} (n={report.heldout['n']})")
+    console.print(json.dumps(report.counts, indent=2))
+
+
+@judge_app.command("audit")
+def audit_cmd(
+    judge: Annotated[str, typer.Option("--judge", help="self, external, distilled or ensemble.")],
+    data: Annotated[str, typer.Option("--data", help=(
+        "Labelled data: a JSONL/parquet file, `xstest[:model,...]`, `seed`, `medsafetybench`, `medquad`, or "
+        "`store` (the human labels in the store)."))],
+    out: Annotated[Path | None, typer.Option(help="JSON report path (default: reports dir).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Audit only the first N items.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Items per judge call.")] = 32,
+) -> None:
+    """Audit a judge against labels: accuracy, Cohen's κ, confusion matrix, ERR/SS bias; writes JSON."""
+    from monitor.audit import audit, format_report, write_report
+    from monitor.datasets import DatasetError, load_named
+    from monitor.judges import JUDGE_NAMES, build_judge
+    from service.schema import utcnow
+    from service.settings import load_settings
+
+    settings = load_settings()
+    if judge not in JUDGE_NAMES:
+        console.print(f"[red]error:[/] unknown judge {judge!r}; choose one of {', '.join(JUDGE_NAMES)}")
+        raise typer.Exit(2)
+    try:
+        if data == "store":
+            from monitor.review import human_examples
+            from service.store import init_db, make_engine
+
+            engine = make_engine(settings.database_url or "")
+            init_db(engine)
+            examples = human_examples(engine)
+        else:
+            examples = load_named(data, settings.data_dir)
+    except DatasetError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if limit is not None:
+        examples = examples[:limit]
+    try:
+        j = build_judge(judge, settings)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+    from rich.progress import Progress
+
+    async def go() -> object:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"judging with {judge}", total=len(examples))
+            try:
+                return await audit(j, examples, data, batch_size,
+                                   lambda done, total: bar.update(task, completed=done, total=total))
+            finally:
+                await j.aclose()
+
+    try:
+        report = asyncio.run(go())
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    from monitor.audit import AuditReport
+
+    assert isinstance(report, AuditReport)
+    path = out or settings.reports_dir / f"audit-{judge}-{Path(data).stem.replace(':', '_')}-" \
+                                         f"{utcnow().strftime('%Y%m%dT%H%M%S')}.json"
+    write_report(report, path)
+    typer.echo(format_report(report))
+    console.print(f"report: {path}")
+
+
+def review_cmd(
+    limit: Annotated[int | None, typer.Option(help="Exchanges to show (default: monitor.review_sample_size).")]
+    = None,
+    reviewer: Annotated[str, typer.Option(help="Your name, stored with the label.")] = "operator",
+) -> None:
+    """Label sampled exchanges (judge disagreements first); labels are stored as judge `human`."""
+    from monitor.review import ReviewError, record_human_verdict, review_queue
+    from service.settings import load_settings
+    from service.store import init_db, make_engine
+
+    settings = load_settings()
+    engine = make_engine(settings.database_url or "")
+    init_db(engine)
+    items = review_queue(engine, limit or settings.monitor.review_sample_size)
+    if not items:
+        console.print("nothing to review: no sampled exchanges without a human label")
+        return
+    out = Console()
+    done = 0
+    for n, item in enumerate(items, 1):
+        out.rule(f"{n}/{len(items)}  exchange {item.exchange_id}  ({item.adapter})"
+                 + ("  [yellow]judges disagree[/]" if item.disagreement else ""))
+        out.print(f"[bold]prompt:[/] {item.prompt}")
+        out.print(f"[bold]response:[/] {item.response[:2000]}")
+        for j, v in item.verdicts.items():
+            out.print(f"  {j}: harm {v['harm_level']}, {v['response_class']}")
+        answer = typer.prompt("harm level 0-3 and class a/c/r (e.g. '0 a'), s to skip, q to quit",
+                              default="s").strip().lower()
+        if answer in ("q", "quit"):
+            break
+        if answer in ("s", "skip", ""):
+            continue
+        parts = answer.replace(",", " ").split()
+        classes = {"a": "Accept", "c": "Caution", "r": "Refuse"}
+        if len(parts) != 2 or parts[1][:1] not in classes:
+            out.print("[red]expected a level and a class, e.g. '2 r'; skipped[/]")
+            continue
+        try:
+            record_human_verdict(engine, item.exchange_id, int(parts[0]) if parts[0].isdigit() else -1,
+                                 classes[parts[1][:1]], reviewer)
+            done += 1
+        except ReviewError as exc:
+            out.print(f"[red]{exc}; skipped[/]")
+    console.print(f"stored {done} human label(s)")
 
 
 def register(app: typer.Typer) -> None:
-    """Attach this module's commands."""
+    """Attach `judge train|audit` and `review` to the main app."""
+    app.add_typer(judge_app, name="judge")
+    app.command("review")(review_cmd)
