@@ -1,0 +1,159 @@
+"""Several vLLM replicas (two real CPU vLLM servers on loopback): adapters reach every replica before traffic
+does, and a replica that restarts gets the current stable and canary adapters back from the registry."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from service.registry import promote, register_adapter, start_canary
+from service.settings import Settings
+from service.store import init_db, make_engine
+from service.vllm_admin import loaded_models, reconcile
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+BASE = "smollm2-135m"
+
+
+@dataclass
+class Replica:
+    """One vLLM server process and where it listens."""
+
+    settings: Settings
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.vllm_port}"
+
+    def start(self) -> None:
+        from careloop.stack import vllm_command, vllm_env
+
+        env = vllm_env(self.settings)
+        env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # two servers side by side on a small machine
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(vllm_command(self.settings), stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+
+    def wait(self, timeout_s: float = 600) -> None:
+        from careloop.stack import wait_http
+
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited: {self.log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                wait_http(f"{self.url}/health", None, 2)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def replicas(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
+    """Two CPU vLLM servers with runtime LoRA loading, started side by side."""
+    out: list[Replica] = []
+    for i in range(2):
+        home = tmp_path_factory.mktemp(f"vllm-replica-{i}")
+        settings = Settings(home=home, vllm_port=free_port(), vllm_kv_cache_gb=1)
+        settings.models_dir.mkdir(parents=True, exist_ok=True)
+        settings.base_model_dir.symlink_to(embedded_model_dir, target_is_directory=True)
+        out.append(Replica(settings, home / "vllm.log"))
+    try:
+        for r in out:
+            r.start()
+        for r in out:
+            r.wait()
+        yield out
+    finally:
+        for r in out:
+            r.stop()
+
+
+@pytest.fixture(scope="module")
+def adapters(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny, non-trivial LoRA adapters (r=8 on q_proj/v_proj) saved as vLLM loads them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out: dict[str, Path] = {}
+    for i, name in enumerate((f"{BASE}-safety-v1", f"{BASE}-safety-v2")):
+        torch.manual_seed(i)
+        model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
+        peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                      init_lora_weights=False, task_type="CAUSAL_LM"))
+        path = tmp_path_factory.mktemp("adapters") / name
+        peft_model.save_pretrained(str(path))
+        out[name] = path
+    return out
+
+
+async def _chat(session: aiohttp.ClientSession, url: str, model: str) -> int:
+    async with session.post(f"{url}/v1/chat/completions", json={
+        "model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "Hello"}],
+    }) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a_restart(
+    replicas: list[Replica], adapters: dict[str, Path], tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    init_db(engine)
+    v1, v2 = sorted(adapters)
+    register_adapter(engine, v1, str(adapters[v1]), BASE, version=1)
+    promote(engine, v1, reason="test")
+    register_adapter(engine, v2, str(adapters[v2]), BASE, version=2, parent=v1)
+    start_canary(engine, v2, 0.2, reason="test")
+    urls = [r.url for r in replicas]
+    unreachable = f"http://127.0.0.1:{free_port()}"
+
+    async with aiohttp.ClientSession() as session:
+        # A replica that cannot take the adapters yet: nothing new is routed, the base model keeps serving.
+        routes = await reconcile(session, engine, [*urls, unreachable], BASE)
+        assert routes.stable == BASE and routes.canary is None
+
+        # All replicas reachable: both adapters are loaded on every one of them, and only then routed.
+        routes = await reconcile(session, engine, urls, BASE, previous=routes)
+        assert (routes.stable, routes.canary) == (v1, v2)
+        for url in urls:
+            assert {v1, v2} <= set(await loaded_models(session, url))
+            assert routes.loaded[url] == sorted([v1, v2])
+            for model in (v1, v2):
+                assert await _chat(session, url, model) == 200
+
+        # Replica 1 restarts: it comes back with the base model only ...
+        replicas[1].stop()
+        replicas[1].start()
+        replicas[1].wait()
+        fresh = await loaded_models(session, urls[1])
+        assert v1 not in fresh and v2 not in fresh
+        assert await _chat(session, urls[1], v2) != 200
+        # ... and the next reconcile gives it the current stable and canary adapters again.
+        routes = await reconcile(session, engine, urls, BASE, previous=routes)
+        assert (routes.stable, routes.canary) == (v1, v2)
+        assert {v1, v2} <= set(await loaded_models(session, urls[1]))
+        assert await _chat(session, urls[1], v2) == 200
+    engine.dispose()
