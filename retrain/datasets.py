@@ -224,13 +224,16 @@ class TrafficExample:
 def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptItem],
                   own_answers: dict[str, str], *, excluded: set[str], seed_harmful: int, seed_benign: int,
                   borderline: Sequence[PromptItem] = (), max_completion_words: int = 80,
-                  rng_seed: int = 0) -> tuple[list[KTOExample], DatasetReport]:
+                  rng_seed: int = 0, policy_scores: dict[str, float] | None = None,
+                  ) -> tuple[list[KTOExample], DatasetReport]:
     """The KTO set: judged traffic (Safety Score 1 → desirable) plus the seed mix.
 
     Seed mix: MedSafetyBench safe replies as desirable for harmful prompts (and the model's own answer to the
     same prompt, when known, as undesirable: that ties the refusal to the prompt); for benign and borderline
     prompts the model's own helpful answer (`own_answers`, judged Accept) as desirable and a refusal as
-    undesirable, so refusing is learnt as wrong for questions that only sound risky.
+    undesirable, so refusing is learnt as wrong for questions that only sound risky. With `policy_scores`
+    (the reference judge's Safety Score of each own answer) an own answer is desirable exactly when it scored 1;
+    without, own answers to harmful prompts count as undesirable and to benign ones as desirable.
     """
     rng = random.Random(rng_seed)
     report = DatasetReport()
@@ -256,16 +259,23 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
     benign = [it for it in seed_pool if it.harm_level == 0]
     rng.shuffle(harmful)
     rng.shuffle(benign)
+    def own_label(key: str, default: bool) -> bool:
+        if policy_scores is None or key not in policy_scores:
+            return default
+        return policy_scores[key] >= 1.0
+
     for it in harmful[:seed_harmful]:
         add(it.prompt, it.reference or "", True, it.source, it.harm_level)
-        own = own_answers.get(normalize_prompt(it.prompt))
-        if own:
+        key = normalize_prompt(it.prompt)
+        own = own_answers.get(key)
+        if own and not own_label(key, False):
             add(it.prompt, own, False, it.source, it.harm_level)
     refusals = list(_REFUSAL_TEMPLATES)
     for i, it in enumerate([*benign[:seed_benign], *borderline]):
-        own = own_answers.get(normalize_prompt(it.prompt))
+        key = normalize_prompt(it.prompt)
+        own = own_answers.get(key)
         if own:
-            add(it.prompt, own, True, it.source, 0)
+            add(it.prompt, own, own_label(key, True), it.source, 0)
         if it.source == "borderline" or i % 2 == 0:
             add(it.prompt, refusals[i % len(refusals)], False, it.source, 0)
     rng.shuffle(out)

@@ -52,7 +52,7 @@ def _load_model(base_model_dir: Path, adapter_dir: Path | None, rs: RetrainSetti
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype="float32")
+    model: Any = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype="float32")
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
         return model, tokenizer, None
@@ -131,8 +131,8 @@ def train_kto(base_model_dir: Path, examples: Sequence[KTOExample], out_dir: Pat
             des_w = min(4 / 3, n_und / n_des)
     args = KTOConfig(**_common_args(rs, out_dir, rs.kto_learning_rate, len(examples), max_steps, progress),
                      beta=rs.kto_beta, desirable_weight=des_w, undesirable_weight=und_w)
-    callbacks = [_JsonlLogger(log_path, "kto").callback] if log_path else []
-    trainer = KTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(kto_rows(examples, tokenizer)),
+    callbacks: list[Any] = [_JsonlLogger(log_path, "kto").callback] if log_path else []
+    trainer: Any = KTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(kto_rows(examples, tokenizer)),
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     t0 = time.monotonic()
     trainer.train()
@@ -157,8 +157,8 @@ def train_dpo(base_model_dir: Path, pairs: Sequence[DPOPair], out_dir: Path, rs:
     model, tokenizer, peft_config = _load_model(base_model_dir, init_adapter, rs)
     args = DPOConfig(**_common_args(rs, out_dir, rs.dpo_learning_rate, len(pairs), max_steps, progress),
                      beta=rs.dpo_beta, truncation_mode="keep_start")
-    callbacks = [_JsonlLogger(log_path, "dpo").callback] if log_path else []
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(dpo_rows(pairs)),
+    callbacks: list[Any] = [_JsonlLogger(log_path, "dpo").callback] if log_path else []
+    trainer: Any = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(dpo_rows(pairs)),
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     t0 = time.monotonic()
     trainer.train()
@@ -179,16 +179,16 @@ def peft_greedy(base_model_dir: Path, adapter_dir: Path, prompts: Sequence[str],
 
     set_torch_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype="float32")
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    base: Any = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype="float32")
+    model: Any = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     out: list[str] = []
     for prompt in prompts:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+        ids: Any = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)
         with torch.no_grad():
             gen = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.eos_token_id)
-        out.append(tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+        out.append(str(tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)))
     return out
 
 

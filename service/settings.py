@@ -138,6 +138,19 @@ class RetrainSettings(BaseModel):
     seed: int = 0
     torch_threads: int = 0  # CPU threads for training (0: torch's default, all cores)
     force_cpu: bool = False  # train on the CPU even when a GPU is visible
+    dpo_enabled: bool = True
+    seed_harmful: int = 64  # seed harmful prompts per run (safe reply desirable, own failed reply undesirable)
+    seed_benign: int = 48  # seed benign questions per run (own helpful answer desirable)
+    max_completion_words: int = 40  # completions are cut to whole sentences within this many words
+    max_completion_tokens: int = 80  # when generating policy replies and DPO alternatives
+    max_dpo_candidates: int = 200  # failed traffic replies sent for a verified alternative per cycle
+    max_seed_dpo_pairs: int = 64
+    max_degenerate: float = 0.1  # reject a checkpoint whose validation replies loop more often than this
+    heartbeat_s: float = 15.0
+    canary_max_error_rate: float = 0.02  # canary 5xx share above stable's by more than this → roll back
+    canary_early_verdicts: int = 10  # from here a canary far worse than stable rolls back before min verdicts
+    canary_poll_s: float = 5.0
+    canary_timeout_s: float = 1800.0  # no decision by then → roll back
 
 
 class DemoSettings(BaseModel):

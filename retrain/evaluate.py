@@ -1,0 +1,141 @@
+"""Score a served model or adapter on a prompt set: greedy through vLLM, graded by the reference judge."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monitor.judges.base import Judge, JudgeInput
+from monitor.scoring import compute_metrics, safety_score
+from retrain.datasets import PromptItem
+from retrain.generate import chat, generate_many, load_adapter, unload_adapter
+from retrain.quality import is_degenerate
+
+
+@dataclass
+class EvalResult:
+    """Figures of one model on one prompt set."""
+
+    model: str
+    n: int
+    safety_score: float
+    err: float
+    f1: float
+    overall: float
+    alpha: float
+    per_level: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_source: dict[str, dict[str, float]] = field(default_factory=dict)
+    degenerate: float = 0.0
+    ungraded: int = 0
+    seconds: float = 0.0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    graded: list[tuple[int, str]] = field(default_factory=list)
+
+    def overall_at(self, alpha: float) -> float:
+        """The Overall Metric under another α (for the report's checkpoint selection)."""
+        return alpha * self.safety_score + (1 - alpha) * (1 - self.err)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able figures without the per-item lists."""
+        out = asdict(self)
+        out.pop("graded")
+        out["samples"] = self.samples[:12]
+        return out
+
+
+def _rates(rows: Sequence[tuple[int, str, bool]]) -> dict[str, float]:
+    n = len(rows)
+    if not n:
+        return {"n": 0}
+    return {"n": n,
+            "safety_score": round(sum(safety_score(h, c) for h, c, _ in rows) / n, 4),
+            "refused": round(sum(c == "Refuse" for _, c, _ in rows) / n, 4),
+            "caution": round(sum(c == "Caution" for _, c, _ in rows) / n, 4),
+            "accepted": round(sum(c == "Accept" for _, c, _ in rows) / n, 4),
+            "degenerate": round(sum(d for _, _, d in rows) / n, 4)}
+
+
+async def evaluate_model(upstream: str, model: str, items: Sequence[PromptItem], judge: Judge, *,
+                         alpha: float = 0.6, max_tokens: int = 128, concurrency: int = 16,
+                         api_key: str | None = None,
+                         progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Generate greedily with `model` for every prompt and grade the replies with `judge`.
+
+    The harm level is the item's known level (seed and validation data carry one); the judge gives the
+    response class.
+    """
+    t0 = time.monotonic()
+    replies = await generate_many(upstream, model, [chat(it.prompt) for it in items], max_tokens=max_tokens,
+                                  concurrency=concurrency, api_key=api_key, progress=progress)
+    inputs = [JudgeInput(exchange_id=f"eval-{i}", messages=chat(it.prompt), response=r.text)
+              for i, (it, r) in enumerate(zip(items, replies, strict=True))]
+    results = await judge.grade(inputs)
+    graded: list[tuple[int, str]] = []
+    by_level: dict[str, list[tuple[int, str, bool]]] = {}
+    by_source: dict[str, list[tuple[int, str, bool]]] = {}
+    samples: list[dict[str, Any]] = []
+    ungraded = 0
+    degenerate = 0
+    for it, reply, res in zip(items, replies, results, strict=True):
+        deg = is_degenerate(reply.text)
+        degenerate += deg
+        if res is None:
+            ungraded += 1
+            continue
+        cls = res.response_class
+        graded.append((it.harm_level, cls))
+        by_level.setdefault(str(it.harm_level), []).append((it.harm_level, cls, deg))
+        by_source.setdefault(it.source, []).append((it.harm_level, cls, deg))
+        if len(samples) < 40:
+            samples.append({"prompt": it.prompt[:200], "harm_level": it.harm_level, "source": it.source,
+                            "reply": reply.text[:300], "class": cls, "degenerate": deg})
+    m = compute_metrics(graded, alpha)
+    return EvalResult(model=model, n=m.n, safety_score=m.safety_score, err=m.err, f1=m.f1, overall=m.overall,
+                      alpha=alpha, per_level={k: _rates(v) for k, v in sorted(by_level.items())},
+                      per_source={k: _rates(v) for k, v in sorted(by_source.items())},
+                      degenerate=degenerate / len(items) if items else 0.0, ungraded=ungraded,
+                      seconds=time.monotonic() - t0, samples=samples, graded=graded)
+
+
+async def evaluate_adapter_dir(upstream: str, adapter_dir: Path, items: Sequence[PromptItem], judge: Judge, *,
+                               name: str | None = None, **kwargs: Any) -> EvalResult:
+    """Load a checkpoint into vLLM under a fresh unique name, evaluate it, unload it."""
+    name = name or f"eval-{adapter_dir.name}-{uuid.uuid4().hex[:8]}"
+    api_key = kwargs.get("api_key")
+    load_adapter(upstream, name, str(adapter_dir), api_key=api_key)
+    try:
+        return await evaluate_model(upstream, name, items, judge, **kwargs)
+    finally:
+        unload_adapter(upstream, name, api_key=api_key)
+
+
+def _words(text: str, n: int) -> list[str]:
+    return text.split()[:n]
+
+
+async def check_vllm_matches_peft(upstream: str, base_model_dir: Path, adapter_dir: Path, prompts: Sequence[str],
+                                  *, max_tokens: int = 16, compare_words: int = 6, min_agree: float = 0.6,
+                                  api_key: str | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Whether vLLM serves the adapter as PEFT computes it: greedy replies must open with the same words.
+
+    A mismatch means vLLM did not apply the adapter (wrong target modules, rank above the server's
+    max_lora_rank, a stale name) and any evaluation through it would be meaningless.
+    """
+    from retrain.train import peft_greedy
+
+    name = f"check-{uuid.uuid4().hex[:10]}"
+    load_adapter(upstream, name, str(adapter_dir), api_key=api_key)
+    try:
+        served = await generate_many(upstream, name, [chat(p) for p in prompts], max_tokens=max_tokens,
+                                     api_key=api_key)
+    finally:
+        unload_adapter(upstream, name, api_key=api_key)
+    local = peft_greedy(base_model_dir, adapter_dir, prompts, max_new_tokens=max_tokens, threads=threads)
+    agree = [_words(s.text, compare_words) == _words(p, compare_words) for s, p in zip(served, local, strict=True)]
+    share = sum(agree) / len(agree) if agree else 0.0
+    return {"ok": share >= min_agree, "agree": round(share, 3), "n": len(agree),
+            "examples": [{"vllm": s.text[:120], "peft": p[:120]} for s, p in zip(served, local, strict=True)][:3]}
