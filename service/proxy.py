@@ -127,12 +127,14 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     length = header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > settings.gateway.max_body_bytes:
         await _reject(gw, send, GatewayError(413, f"request body over {settings.gateway.max_body_bytes} bytes",
-                                             "invalid_request_error", "request_too_large"), id_header)
+                                             "invalid_request_error", "request_too_large"), id_header,
+                      exchange_id, created, t0)
         return
     body = await read_body(receive, settings.gateway.max_body_bytes)
     if body is None:
         await _reject(gw, send, GatewayError(413, f"request body over {settings.gateway.max_body_bytes} bytes",
-                                             "invalid_request_error", "request_too_large"), id_header)
+                                             "invalid_request_error", "request_too_large"), id_header,
+                      exchange_id, created, t0)
         return
     req: dict[str, Any] = {}
     try:

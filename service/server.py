@@ -6,14 +6,14 @@ import logging
 
 import uvicorn
 
-from service.app import create_app
+from service.app import Gateway, create_app
 from service.settings import Settings
 
 
-def uvicorn_config(settings: Settings, log_level: str = "info") -> uvicorn.Config:
-    """The uvicorn configuration the gateway runs with (also used by tests and the benchmark)."""
+def uvicorn_config(settings: Settings, log_level: str = "info", app: Gateway | None = None) -> uvicorn.Config:
+    """The uvicorn configuration the gateway runs with (also used by tests)."""
     return uvicorn.Config(
-        create_app(settings),
+        app or create_app(settings),
         host=settings.gateway.host,
         port=settings.gateway.port,
         loop="uvloop",

@@ -1,0 +1,335 @@
+"""Gateway benchmark: added latency, throughput, slow-stream scaling and log completeness, LiteLLM alongside.
+
+Everything runs on loopback against `bench/stub_upstream.py` (a zero-latency OpenAI-compatible stub):
+
+1. sequential latency on kept-alive connections, interleaved direct / careloop / LiteLLM, plain and streamed:
+   the added latency is p50/p99 of (via proxy) minus the same percentile direct;
+2. throughput with `wrk -c32` (one gateway worker, logging and sampling on);
+3. many concurrent slow streams (the stub waits between chunks): mean added time per stream at growing
+   concurrency, which must not grow with the number of streams;
+4. a sustained `wrk` load, then a graceful stop: every request the gateway counted must be in the store.
+
+    .venv/bin/python bench/gateway_bench.py [--litellm /tmp/litellm-venv] [--quick] [--json out.json]
+
+LiteLLM runs from its own virtualenv (`python -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install
+'litellm[proxy]'`); without it that column is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+BODY = json.dumps({"model": "assistant", "messages": [
+    {"role": "system", "content": "You are a careful clinical assistant."},
+    {"role": "user", "content": "I take metformin 500 mg twice a day. Can I drink alcohol with it?"}],
+    "max_tokens": 64}).encode()
+KEY = "sk-bench-2f6c0e3a9d4b47c1a8e5f09b7d31c6e2a4f8b0d9"  # LiteLLM's master key; the others ignore it
+STREAM_BODY = json.dumps({**json.loads(BODY), "stream": True}).encode()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status < 500:
+                    return
+        except Exception:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not come up")
+
+
+class Procs:
+    """Child processes, stopped in reverse order."""
+
+    def __init__(self) -> None:
+        self.items: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None
+              ) -> subprocess.Popen[bytes]:
+        out = log.open("wb") if log else subprocess.DEVNULL
+        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT, start_new_session=True)
+        self.items.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc in self.items:
+            self.items.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.items)):
+            self.stop(proc, 10)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def sequential(targets: dict[str, tuple[int, str]], n: int, body: bytes) -> dict[str, list[float]]:
+    """Interleaved sequential requests on one kept-alive connection per target; seconds per request."""
+    conns = {name: http.client.HTTPConnection("127.0.0.1", port) for name, (port, _) in targets.items()}
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    warm = max(50, n // 10)
+    for i in range(n + warm):
+        for name, (_, path) in targets.items():
+            conn = conns[name]
+            t = time.perf_counter()
+            conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            elapsed = time.perf_counter() - t
+            if resp.status != 200:
+                raise RuntimeError(f"{name}: {resp.status} {data[:300]!r}")
+            if i >= warm:
+                times[name].append(elapsed)
+    for conn in conns.values():
+        conn.close()
+    return times
+
+
+WRK_LUA = """wrk.method = "POST"
+wrk.body = [[{body}]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+
+
+def wrk(port: int, path: str, seconds: int, conns: int, tmp: Path) -> dict[str, float]:
+    """Run wrk and return requests/s, requests, non-2xx and latency percentiles (ms)."""
+    script = tmp / "post.lua"
+    script.write_text(WRK_LUA.format(body=BODY.decode(), key=KEY))
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script),
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+
+    def lat(q: str) -> float:
+        m = re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)", out)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    return {"rps": rps, "requests": total, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "p50_ms": lat("50"), "p99_ms": lat("99"), "socket_errors": errors.group(1) if errors else ""}
+
+
+async def streams(port: int, path: str, concurrency: int) -> list[float]:
+    """Open `concurrency` streams at once; seconds until each has been read to the end."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def one() -> float:
+            t = time.perf_counter()
+            async with session.post(f"http://127.0.0.1:{port}{path}", data=STREAM_BODY,
+                                    headers={"Content-Type": "application/json",
+                                             "Authorization": f"Bearer {KEY}"}) as resp:
+                async for _ in resp.content.iter_any():
+                    pass
+                if resp.status != 200:
+                    raise RuntimeError(f"stream status {resp.status}")
+            return time.perf_counter() - t
+
+        return list(await asyncio.gather(*(one() for _ in range(concurrency))))
+
+
+def metric(port: int, name: str) -> float:
+    """Sum of one metric's samples on a /metrics page."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: float = 0.1
+                  ) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {"CARELOOP_HOME": str(home), "CARELOOP_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
+           "CARELOOP_SAMPLE_RATE": str(sample_rate), "CARELOOP_GATEWAY__PORT": str(port),
+           "CARELOOP_DATABASE_URL": f"sqlite:///{home / 'careloop.db'}"}
+    proc = procs.start([PY, "-c", "import logging; from service.settings import Settings; "
+                        "from service.server import run_gateway; run_gateway(Settings(), 'warning')"],
+                       env, home / "gateway.log")
+    wait_http(f"http://127.0.0.1:{port}/readyz")
+    return proc, port
+
+
+def start_litellm(procs: Procs, venv: Path, upstream_port: int, tmp: Path) -> int | None:
+    exe = venv / "bin" / "litellm"
+    if not exe.exists():
+        print(f"note: LiteLLM not found at {exe}; skipping the LiteLLM column "
+              f"(python -m venv {venv} && {venv}/bin/pip install 'litellm[proxy]')")
+        return None
+    port = free_port()
+    cfg = tmp / "litellm.yaml"
+    cfg.write_text(f"""model_list:
+  - model_name: assistant
+    litellm_params:
+      model: openai/smollm2-135m
+      api_base: http://127.0.0.1:{upstream_port}/v1
+      api_key: sk-stub
+""")
+    procs.start([str(exe), "--config", str(cfg), "--port", str(port), "--num_workers", "1"],
+                {"LITELLM_MASTER_KEY": KEY, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "LITELLM_MODE": "PRODUCTION"},
+                tmp / "litellm.log")
+    wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180)
+    return port
+
+
+def row_count(home: Path) -> int:
+    with sqlite3.connect(home / "careloop.db") as db:
+        return int(db.execute("SELECT count(*) FROM exchange").fetchone()[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--litellm", type=Path, default=Path("/tmp/litellm-venv"),
+                        help="virtualenv with litellm[proxy] (skipped when absent)")
+    parser.add_argument("--requests", type=int, default=2000, help="sequential requests per target")
+    parser.add_argument("--wrk-seconds", type=int, default=10)
+    parser.add_argument("--load-seconds", type=int, default=60, help="sustained load before the row count")
+    parser.add_argument("--stream-counts", default="1,16,64,256")
+    parser.add_argument("--quick", action="store_true", help="short runs (smoke test of the script)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.wrk_seconds, args.load_seconds = 300, 3, 5
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed (apt-get install wrk)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="careloop-bench-"))
+    procs = Procs()
+    results: dict[str, object] = {}
+    try:
+        stub_port, slow_port = free_port(), free_port()
+        procs.start([PY, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(stub_port), "--chunks", "16"])
+        procs.start([PY, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(slow_port), "--chunks", "20",
+                     "--chunk-delay", "0.05"])
+        wait_http(f"http://127.0.0.1:{stub_port}/health")
+        wait_http(f"http://127.0.0.1:{slow_port}/health")
+        home = tmp / "home"
+        home.mkdir()
+        gateway, gw_port = start_gateway(procs, home, stub_port)
+        ll_port = start_litellm(procs, args.litellm, stub_port, tmp)
+
+        targets = {"direct": (stub_port, "/v1/chat/completions"), "careloop": (gw_port, "/v1/chat/completions")}
+        if ll_port:
+            targets["litellm"] = (ll_port, "/v1/chat/completions")
+
+        print(f"\n== sequential, kept-alive, {args.requests} requests each (interleaved) ==")
+        for label, body in (("plain", BODY), ("stream", STREAM_BODY)):
+            times = sequential(targets, args.requests, body)
+            base50, base99 = pct(times["direct"], 0.5), pct(times["direct"], 0.99)
+            row: dict[str, object] = {"direct_p50_ms": base50 * 1e3, "direct_p99_ms": base99 * 1e3}
+            for name in targets:
+                if name == "direct":
+                    continue
+                add50 = (pct(times[name], 0.5) - base50) * 1e3
+                add99 = (pct(times[name], 0.99) - base99) * 1e3
+                row[f"{name}_added_p50_ms"], row[f"{name}_added_p99_ms"] = add50, add99
+                print(f"{label:6s} {name:9s} added p50 {add50:7.3f} ms   p99 {add99:7.3f} ms   "
+                      f"(direct p50 {base50 * 1e3:.3f} ms)")
+            if ll_port:
+                ratio = float(row["litellm_added_p50_ms"]) / max(float(row["careloop_added_p50_ms"]), 1e-6)  # type: ignore[arg-type]
+                row["litellm_over_careloop_p50"] = ratio
+                print(f"{label:6s} LiteLLM adds {ratio:.1f}x careloop's p50")
+            results[f"sequential_{label}"] = row
+        results["gateway_overhead_histogram_mean_ms"] = (
+            metric(gw_port, "careloop_gateway_overhead_seconds_sum")
+            / max(metric(gw_port, "careloop_gateway_overhead_seconds_count"), 1) * 1e3)
+        print(f"careloop_gateway_overhead_seconds mean: {results['gateway_overhead_histogram_mean_ms']:.3f} ms")
+
+        print(f"\n== throughput: wrk -t2 -c32 -d{args.wrk_seconds}s ==")
+        tp: dict[str, object] = {}
+        for name, (port, path) in targets.items():
+            r = wrk(port, path, args.wrk_seconds, 32, tmp)
+            tp[name] = r
+            print(f"{name:9s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
+                  f"non-2xx {r['non2xx']} {r['socket_errors']}")
+        if ll_port:
+            ratio = tp["careloop"]["rps"] / max(tp["litellm"]["rps"], 1e-6)  # type: ignore[index]
+            tp["careloop_over_litellm"] = ratio
+            print(f"careloop serves {ratio:.1f}x LiteLLM's requests/s")
+        results["throughput_c32"] = tp
+
+        print("\n== concurrent slow streams (20 chunks, 50 ms apart: 1.0 s each direct) ==")
+        # A gateway on the slow stub for this part.
+        home2 = tmp / "home-slow"
+        home2.mkdir()
+        slow_gw, slow_gw_port = start_gateway(procs, home2, slow_port)
+        st: dict[str, object] = {}
+        for count in [int(c) for c in args.stream_counts.split(",")]:
+            direct = asyncio.run(streams(slow_port, "/v1/chat/completions", count))
+            via = asyncio.run(streams(slow_gw_port, "/v1/chat/completions", count))
+            added = (statistics.mean(via) - statistics.mean(direct)) * 1e3
+            added_p99 = (pct(via, 0.99) - pct(direct, 0.99)) * 1e3
+            st[str(count)] = {"direct_mean_s": statistics.mean(direct), "careloop_mean_s": statistics.mean(via),
+                              "added_mean_ms": added, "added_p99_ms": added_p99}
+            print(f"{count:4d} streams: direct {statistics.mean(direct):.3f} s  careloop "
+                  f"{statistics.mean(via):.3f} s  added mean {added:6.2f} ms  p99 {added_p99:6.2f} ms")
+        procs.stop(slow_gw)
+        results["slow_streams"] = st
+        st_rows = row_count(home2)
+        print(f"slow-stream exchanges logged: {st_rows}")
+
+        print(f"\n== sustained load {args.load_seconds} s (wrk -c32), then graceful stop and row count ==")
+        before = metric(gw_port, "careloop_requests_total")
+        load = wrk(gw_port, "/v1/chat/completions", args.load_seconds, 32, tmp)
+        time.sleep(1.0)  # requests in flight when wrk stopped finish and are counted
+        counted = metric(gw_port, "careloop_requests_total") - before
+        dropped = metric(gw_port, "careloop_traffic_log_dropped_total")
+        procs.stop(gateway)  # SIGTERM: uvicorn finishes in-flight requests, the log drains
+        rows = row_count(home)
+        seq_requests = 2 * (args.requests + max(50, args.requests // 10))
+        expected = int(before) + int(counted)
+        missing = expected - rows
+        print(f"wrk: {load['requests']} requests ({load['rps']:.0f} req/s, non-2xx {load['non2xx']}); "
+              f"gateway counted {int(counted)} in the load, {expected} in all (sequential part: {seq_requests}); "
+              f"rows in the store {rows}; missing {missing}; dropped {int(dropped)}")
+        results["sustained"] = {"wrk": load, "gateway_counted": expected, "rows": rows, "missing": missing,
+                                "dropped": dropped}
+    finally:
+        procs.stop_all()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
