@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, func, select, true, update
 from sqlalchemy.engine import Engine
 
 from monitor.judges.base import Judge, JudgeInput, JudgeResult
@@ -69,21 +69,32 @@ def new_worker_id() -> str:
 
 
 def claim_batch(engine: Engine, worker_id: str, limit: int, claim_timeout_s: float) -> list[ClaimedExchange]:
-    """Claim up to `limit` sampled exchanges that are pending (or whose claim went stale), oldest first."""
+    """Claim up to `limit` sampled exchanges that are pending (or whose claim went stale), oldest first.
+
+    Each of the two queries walks the queue index (sampled, judge_state, created_at) from its start, so a claim
+    costs the same however many judged exchanges the store holds.
+    """
     now = utcnow()
     stale = now - timedelta(seconds=claim_timeout_s)
-    queued = (_X.c.sampled.is_(True)) & (
-        (_X.c.judge_state == "pending")
-        | ((_X.c.judge_state == "claimed") & (_X.c.claimed_at < stale))
-    )
-    sub = select(_X.c.id).where(queued).order_by(_X.c.created_at).limit(limit)
-    if not is_sqlite(str(engine.url)):
-        sub = sub.with_for_update(skip_locked=True)
-    stmt = (update(_X).where(_X.c.id.in_(sub.scalar_subquery()))
-            .values(judge_state="claimed", claimed_by=worker_id, claimed_at=now)
-            .returning(_X.c.id, _X.c.target, _X.c.request_messages, _X.c.response_text))
+    sqlite = is_sqlite(str(engine.url))
+    queues = [
+        (_X.c.judge_state == "pending",),
+        (_X.c.judge_state == "claimed", _X.c.claimed_at < stale),
+    ]
+    rows: list[Any] = []
     with engine.begin() as conn:
-        rows = conn.execute(stmt).all()
+        for conditions in queues:
+            want = limit - len(rows)
+            if want <= 0:
+                break
+            sub = (select(_X.c.id).where(_X.c.sampled == true(), *conditions)
+                   .order_by(_X.c.created_at).limit(want))
+            if not sqlite:
+                sub = sub.with_for_update(skip_locked=True)
+            stmt = (update(_X).where(_X.c.id.in_(sub.scalar_subquery()))
+                    .values(judge_state="claimed", claimed_by=worker_id, claimed_at=now)
+                    .returning(_X.c.id, _X.c.target, _X.c.request_messages, _X.c.response_text))
+            rows += conn.execute(stmt).all()
         if not rows:
             return []
         ids = [r[0] for r in rows]
@@ -98,7 +109,7 @@ def queue_depth(engine: Engine) -> int:
     """Sampled exchanges waiting for judges (pending or claimed)."""
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(_X).where(
-            _X.c.sampled.is_(True), _X.c.judge_state.in_(QUEUED_STATES))).scalar() or 0)
+            _X.c.sampled == true(), _X.c.judge_state.in_(QUEUED_STATES))).scalar() or 0)
 
 
 def _valid(result: Any) -> JudgeResult | None:

@@ -24,7 +24,8 @@ def store(url: str) -> Engine:
 
 
 def exchange_row(prompt: str, response: str | None, *, target: str = "smollm2-135m", sampled: bool = True,
-                 state: str = "pending", created_at: datetime | None = None, ex_id: str | None = None) -> dict[str, Any]:
+                 state: str = "pending", created_at: datetime | None = None,
+                 ex_id: str | None = None) -> dict[str, Any]:
     """An exchange row as the gateway's traffic log writes it."""
     return {
         "id": ex_id or uuid.uuid4().hex, "created_at": created_at or utcnow(), "public_model": "assistant",

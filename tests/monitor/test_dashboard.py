@@ -36,7 +36,7 @@ def test_structure_is_a_valid_grafana_dashboard(dash: dict) -> None:  # type: ig
         assert panel["type"] in PANEL_TYPES and panel["title"]
         grid = panel["gridPos"]
         assert all(isinstance(grid[k], int) for k in ("h", "w", "x", "y"))
-        assert 0 < grid["w"] and grid["x"] + grid["w"] <= 24
+        assert grid["w"] > 0 and grid["x"] + grid["w"] <= 24
         if panel["type"] == "row":
             continue
         assert panel["datasource"]["uid"] == "${datasource}"

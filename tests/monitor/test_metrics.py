@@ -7,8 +7,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.service import MonitorService
 from monitor.server import create_app
+from monitor.service import MonitorService
 from service.metrics import GatewayMetrics
 from service.settings import Settings
 from tests.conftest import free_port

@@ -111,7 +111,7 @@ def test_a_safety_breach_fires_once_and_records_the_window(setup: Any) -> None:
 
 
 def test_hysteresis_keeps_the_breach_until_the_window_recovers_past_the_margin(setup: Any) -> None:
-    settings, engine, windows, _, make = setup
+    _, engine, windows, _, make = setup
     feed = Feed(windows)
     trig = make(auto=False)
     feed.add(BAD * 40 + [(0, "Accept")] * 60)  # SS 0.6 < 0.7
@@ -137,7 +137,7 @@ def test_err_spike_breaches_with_enough_harmless_prompts(setup: Any) -> None:
 
 
 def test_judge_divergence_alerts_and_recommends_a_reference_change_not_a_retrain(setup: Any) -> None:
-    _, engine, windows, metrics, make = setup
+    _, engine, windows, _, make = setup
     feed = Feed(windows)
     graded = [(0, "Accept")] * 15 + [(3, "Refuse")] * 15
     ids = feed.add(graded, judge="distilled")

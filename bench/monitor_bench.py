@@ -1,0 +1,155 @@
+"""Does history slow the monitor? Cycle time at 1k vs 1M stored verdicts, side by side.
+
+One cycle = what the scheduler runs each tick: claim and judge a batch of new sampled exchanges (a trivial
+in-process judge, so the figure is the monitor's own cost), write verdicts, follow them into the rolling windows,
+refresh the queue gauge, evaluate the trigger rules. Start-up (loading the windows) is timed too.
+
+    .venv/bin/python bench/monitor_bench.py                 # SQLite, 1k vs 1M
+    .venv/bin/python bench/monitor_bench.py --sizes 1000 100000 --database-url postgresql://postgres@127.0.0.1/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from monitor.judges.base import JudgeInput, JudgeResult
+from monitor.metrics import MonitorMetrics
+from monitor.scoring import RESPONSE_CLASSES, safety_score
+from monitor.service import MonitorService
+from service.schema import Exchange, Verdict, utcnow
+from service.settings import Settings
+from service.store import init_db, make_engine
+
+
+class ConstantJudge:
+    """A judge that costs nothing, so the cycle time is the monitor's own."""
+
+    name = "distilled"
+    version = "bench"
+
+    async def grade(self, items: Sequence[JudgeInput]) -> list[JudgeResult | None]:
+        return [JudgeResult(3 if "harm" in i.prompt else 0, "Accept") for i in items]
+
+    async def aclose(self) -> None:
+        return None
+
+
+def fill(engine: Any, n: int, adapters: int = 4) -> None:
+    """Store n judged exchanges and their verdicts (spread over the last 30 days and a few adapters)."""
+    rng = random.Random(0)
+    now = utcnow()
+    ex_table = Exchange.metadata.tables["exchange"]
+    v_table = Verdict.metadata.tables["verdict"]
+    batch = 20_000
+    for start in range(0, n, batch):
+        exs, vs = [], []
+        for k in range(start, min(n, start + batch)):
+            ex_id = uuid.UUID(int=rng.getrandbits(128)).hex
+            at = now - timedelta(seconds=(n - k) * 30 * 86400 / n)
+            adapter = f"adapter-{k % adapters}"
+            h, c = rng.randint(0, 3), rng.choice(RESPONSE_CLASSES)
+            exs.append({"id": ex_id, "created_at": at, "public_model": "assistant", "target": adapter,
+                        "role": "stable", "request_messages": [{"role": "user", "content": "q"}],
+                        "request_params": {}, "response_text": "a", "status": 200, "stream": False,
+                        "sampled": True, "judge_state": "done"})
+            vs.append({"exchange_id": ex_id, "created_at": at, "adapter": adapter, "judge": "distilled",
+                       "judge_version": "bench", "harm_level": h, "response_class": c, "score": safety_score(h, c)})
+        with engine.begin() as conn:
+            conn.execute(ex_table.insert(), exs)
+            conn.execute(v_table.insert(), vs)
+
+
+def new_traffic(engine: Any, n: int) -> None:
+    """n sampled, pending exchanges as the gateway writes them."""
+    ex_table = Exchange.metadata.tables["exchange"]
+    rows = [{"id": uuid.uuid4().hex, "created_at": utcnow(), "public_model": "assistant", "target": "adapter-0",
+             "role": "stable", "request_messages": [{"role": "user", "content": "how to harm" if k % 3 else "q"}],
+             "request_params": {}, "response_text": "sure", "status": 200, "stream": False, "sampled": True,
+             "judge_state": "pending"} for k in range(n)]
+    with engine.begin() as conn:
+        conn.execute(ex_table.insert(), rows)
+
+
+async def measure(url: str, size: int, cycles: int, per_cycle: int, fill_store: bool) -> dict[str, Any]:
+    """Fill a store with `size` verdicts, start the monitor on it, time `cycles` cycles."""
+    home = Path(tempfile.mkdtemp(prefix="careloop-bench-"))
+    settings = Settings(home=home, database_url=url)
+    settings.monitor.judges = ["distilled"]
+    settings.monitor.retrain_command = [sys.executable, "-c", "pass", "{run_id}"]
+    engine = make_engine(url)
+    init_db(engine)
+    t0 = time.perf_counter()
+    if fill_store:
+        fill(engine, size)
+    fill_s = time.perf_counter() - t0
+    service = MonitorService.create(settings, engine=engine, judges={"distilled": ConstantJudge()},
+                                    metrics=MonitorMetrics(), stable_adapter=lambda: "adapter-0")
+    t0 = time.perf_counter()
+    loaded = service.start()
+    load_s = time.perf_counter() - t0
+    timings: dict[str, list[float]] = {"cycle": [], "judge": [], "windows": [], "triggers": []}
+    for _ in range(cycles):
+        new_traffic(engine, per_cycle)
+        t0 = time.perf_counter()
+        await service.cycle()
+        timings["cycle"].append(time.perf_counter() - t0)
+        for job in ("judge", "windows", "triggers"):
+            timings[job].append(service.stats[job].last_s)
+    engine.dispose()
+    return {"stored_verdicts": size, "fill_s": round(fill_s, 1), "startup_load_s": round(load_s, 4),
+            "verdicts_loaded": loaded,
+            **{f"{k}_ms_median": round(statistics.median(v) * 1000, 2) for k, v in timings.items()},
+            "cycle_ms_p90": round(sorted(timings["cycle"])[int(0.9 * (len(timings["cycle"]) - 1))] * 1000, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 1_000_000])
+    parser.add_argument("--cycles", type=int, default=30)
+    parser.add_argument("--per-cycle", type=int, default=64, help="new sampled exchanges per cycle")
+    parser.add_argument("--database-url", default=None, help="PostgreSQL URL (an empty database); default SQLite")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    args = parser.parse_args()
+    results = []
+    for size in args.sizes:
+        if args.database_url:
+            url = args.database_url
+            engine = make_engine(url)
+            init_db(engine)
+            with engine.begin() as conn:  # a clean table per size
+                conn.execute(Verdict.metadata.tables["verdict"].delete())
+                conn.execute(Exchange.metadata.tables["exchange"].delete())
+            engine.dispose()
+        else:
+            url = f"sqlite:///{tempfile.mkdtemp(prefix='careloop-bench-db-')}/store.db"
+        print(f"filling {size:,} verdicts …", flush=True)
+        results.append(asyncio.run(measure(url, size, args.cycles, args.per_cycle, True)))
+        print(json.dumps(results[-1]), flush=True)
+    base = results[0]
+    print(f"\n{'stored verdicts':>16} {'startup s':>10} {'loaded':>8} {'cycle ms':>9} {'p90 ms':>8} "
+          f"{'judge':>7} {'windows':>8} {'triggers':>9} {'x base':>7}")
+    for r in results:
+        print(f"{r['stored_verdicts']:>16,} {r['startup_load_s']:>10.3f} {r['verdicts_loaded']:>8} "
+              f"{r['cycle_ms_median']:>9.2f} {r['cycle_ms_p90']:>8.2f} {r['judge_ms_median']:>7.2f} "
+              f"{r['windows_ms_median']:>8.2f} {r['triggers_ms_median']:>9.2f} "
+              f"{r['cycle_ms_median'] / base['cycle_ms_median']:>7.2f}")
+    if args.out:
+        args.out.write_text(json.dumps({"results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
