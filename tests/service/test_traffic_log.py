@@ -1,0 +1,162 @@
+"""The traffic log: batching, drain, drops, and spool-then-replay when the store is unreachable and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.metrics import GatewayMetrics
+from service.schema import Exchange
+from service.store import init_db, make_engine
+from service.traffic_log import Record, TrafficLog, parse_stream
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def record(i: int, sampled: bool = False) -> Record:
+    body = orjson.dumps({"choices": [{"index": 0, "message": {"content": f"answer {i}, call 555-867-5309"},
+                                      "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 5, "completion_tokens": 7}})
+    return Record(id=f"ex{i:08d}", created=time.time(), public_model="assistant", target="base", role="stable",
+                  user_key=None, request={"model": "base", "messages": [
+                      {"role": "user", "content": f"q{i} my SSN is 123-45-6789"}], "temperature": 0.2},
+                  response=body, status=200, stream=False, sampled=sampled, latency_ms=3.5)
+
+
+def count(engine: Engine) -> int:
+    with Session(engine) as session:
+        return int(session.exec(select(func.count()).select_from(Exchange)).one())
+
+
+async def wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_parse_stream_counts_deltas_without_usage() -> None:
+    chunks = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\ndata: {"choi',
+              b'ces":[{"index":0,"delta":{"content":"Take"}}]}\n\n',
+              b'data: {"choices":[{"index":0,"delta":{"content":" care"},"finish_reason":"length"}]}\n\n',
+              b"data: [DONE]\n\n"]
+    assert parse_stream(chunks) == ("Take care", "length", None, 2)
+
+
+async def test_batches_are_written_redacted_and_drained(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    init_db(engine)
+    log = TrafficLog(engine, tmp_path / "spool", GatewayMetrics(), max_queue=1000, batch_size=50,
+                     flush_interval_s=0.05)
+    log.start()
+    for i in range(120):
+        log.submit(record(i, sampled=i % 10 == 0))
+    await log.drain()
+    assert count(engine) == 120 and log.written == 120 and log.dropped == 0
+    with Session(engine) as session:
+        row = session.get(Exchange, "ex00000010")
+    assert row is not None and row.sampled and row.judge_state == "pending"
+    assert row.request_messages == [{"role": "user", "content": "q10 my SSN is [SSN]"}]
+    assert row.response_text == "answer 10, call [PHONE]"
+    assert row.request_params == {"model": "assistant", "temperature": 0.2}
+
+
+async def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    init_db(engine)
+    metrics = GatewayMetrics()
+    log = TrafficLog(engine, tmp_path / "spool", metrics, max_queue=10, batch_size=100, flush_interval_s=10)
+    for i in range(15):  # the writer is not running: the queue fills up
+        log.submit(record(i))
+    assert log.depth == 10 and log.dropped == 5
+    assert b"careloop_traffic_log_dropped_total 5.0" in metrics.render()
+    assert b"careloop_traffic_log_queue_depth 10.0" in metrics.render()
+
+
+async def test_store_down_spools_then_replays_sqlite(tmp_path: Path) -> None:
+    down = make_engine(f"postgresql://careloop@127.0.0.1:{free_port()}/nowhere",
+                       connect_args={"connect_timeout": 1})
+    up = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    init_db(up)
+    spool = tmp_path / "spool"
+    log = TrafficLog(down, spool, GatewayMetrics(), batch_size=20, flush_interval_s=0.05)
+    log.start()
+    for i in range(50):
+        log.submit(record(i))
+    await wait_for(lambda: log.spooled == 50)
+    assert not log.store_ok
+    spooled = b"".join(p.read_bytes() for p in spool.glob("*.jsonl"))
+    assert b"123-45-6789" not in spooled and b"[SSN]" in spooled  # the spool holds redacted rows only
+
+    log.engine = up  # the store is reachable again
+    for i in range(50, 60):
+        log.submit(record(i))
+    await wait_for(lambda: count(up) == 60)
+    await log.drain()
+    assert log.store_ok and not list(spool.glob("*.jsonl"))
+
+
+class Forwarder:
+    """A TCP port that forwards to PostgreSQL while open: closing it makes the store unreachable."""
+
+    def __init__(self, target_port: int = 5432) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self.server: asyncio.Server | None = None
+
+    async def open(self) -> None:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+
+@pytest.mark.postgres
+async def test_store_down_spools_then_replays_postgres(tmp_path: Path, pg_url: str) -> None:
+    direct = make_engine(pg_url)
+    init_db(direct)
+    with direct.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM exchange")
+    forwarder = Forwarder()
+    via = make_engine(pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{forwarder.port}"),
+                      connect_args={"connect_timeout": 1})
+    log = TrafficLog(via, tmp_path / "spool", GatewayMetrics(), batch_size=20, flush_interval_s=0.05)
+    log.start()
+    for i in range(30):  # PostgreSQL is unreachable through the closed port
+        log.submit(record(i))
+    await wait_for(lambda: log.spooled == 30)
+    assert count(direct) == 0
+    await forwarder.open()  # ... and now it is back
+    for i in range(30, 40):
+        log.submit(record(i))
+    await wait_for(lambda: count(direct) == 40)
+    await log.drain()
+    assert not list((tmp_path / "spool").glob("*.jsonl"))
+    via.dispose()
+    await forwarder.close()
+    direct.dispose()
