@@ -84,10 +84,21 @@ def config(objs: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def job_template(objs: list[dict[str, Any]], run_id: int = 7) -> dict[str, Any]:
-    """The retrain Job template from its ConfigMap, with {run_id} filled in as the monitor's launcher does."""
+    """The Job the monitor's Kubernetes launcher makes for `run_id` from the mounted template and its settings."""
+    import tempfile
+
+    from monitor.launcher import KubernetesLauncher, load_job_template
+
     text = find(objs, "ConfigMap", "careloop-retrain-job")["data"]["job.yaml"]
     assert "{run_id}" in text
-    job: dict[str, Any] = yaml.safe_load(text.replace("{run_id}", str(run_id)))
+    monitor = container(find(objs, "Deployment", "monitor")["spec"]["template"]["spec"], "monitor")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "job.yaml"
+        path.write_text(text)
+        launcher = KubernetesLauncher("https://kubernetes.invalid", "careloop", template=load_job_template(path),
+                                      image=env_of(monitor)["CARELOOP_MONITOR__KUBERNETES_IMAGE"])
+        job: dict[str, Any] = launcher.manifest(run_id)
+        launcher.client.close()
     return job
 
 
