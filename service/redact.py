@@ -39,7 +39,7 @@ _RULES: list[tuple[str, re.Pattern[str], int]] = [
     ("ADDRESS", re.compile(
         rf"\b\d{{1,6}}(?:-\d{{1,4}})?\s+(?:[NSEW]\.?\s+|(?:North|South|East|West)\s+)?"
         rf"(?:[A-Z][a-z]+\.?\s+|\d{{1,3}}(?:st|nd|rd|th)\s+){{1,3}}(?i:{_STREET_SUFFIX})\b\.?"
-        rf"(?:,?\s+(?:apt|apartment|unit|suite|ste|#)\.?\s*#?\s*[\w\-]+)?"
+        rf"(?:,?\s+(?i:apt|apartment|unit|suite|ste|#)\.?\s*#?\s*[\w\-]+)?"
         rf"(?:,\s+[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?(?:,\s*[A-Z]{{2}})?(?:\s+\d{{5}}(?:-\d{{4}})?)?)?"), 0),
 ]
 
