@@ -338,3 +338,27 @@ def test_references_resolve(rendered: dict[str, list[dict[str, Any]]], overlay: 
     for svc in (o for o in objs if o["kind"] == "Service"):
         sel = svc["spec"]["selector"]
         assert any(sel.items() <= labels.items() for labels in pod_labels), svc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_careloop_commands_exist(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    """Every `careloop …` the manifests run (image entrypoint or `-m careloop.cli`) is a real CLI command."""
+    from typer.testing import CliRunner
+
+    from careloop.cli import app
+
+    objs = rendered[overlay]
+    workloads = [o for o in objs if o["kind"] in {"Deployment", "StatefulSet", "Job"}] + [job_template(objs)]
+    invocations: set[tuple[str, ...]] = set()
+    for w in workloads:
+        spec = w["spec"]["template"]["spec"]
+        for c in spec["containers"] + spec.get("initContainers", []):
+            if "-m" in c.get("command", []):
+                invocations.add(tuple(c["command"][c["command"].index("-m") + 2:]))
+            elif c["image"].startswith(("careloop", "ghcr.io/careloop")) and "command" not in c:
+                invocations.add(tuple(c["args"]))
+    assert ("serve",) in invocations and ("db", "upgrade") in invocations and ("monitor",) in invocations
+    runner = CliRunner()
+    for args in invocations:
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0, f"careloop {' '.join(args)}: {result.output}"
