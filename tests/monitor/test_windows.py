@@ -116,3 +116,28 @@ def test_a_new_verdict_costs_the_same_with_a_long_history() -> None:
     wins = ws._windows[("a", "ref")]
     assert len(wins["count"].rows) == 100
     assert len(wins["time"].rows) <= 1001
+
+
+@pytest.mark.postgres
+def test_load_and_refresh_on_postgres(pg_url: str) -> None:
+    engine = store(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(Verdict.metadata.tables["verdict"].delete())
+        graded = _random_graded(300, seed=11)
+        add_verdicts(engine, graded, adapter="pg-a", judge="ref")
+        ws = WindowSet(engine, window_count=120, window_seconds=3600, alpha=0.6, reference="ref")
+        assert ("pg-a", "ref") in ws.keys_in_store()
+        ws.load()
+        fig = ws.figures("pg-a", "ref", "count")
+        assert fig is not None and fig.metrics.n == 120
+        assert fig.metrics.safety_score == pytest.approx(compute_metrics(graded[-120:]).safety_score)
+        assert ws.figures("pg-a", "ref", "time").metrics.n == 300  # type: ignore[union-attr]
+        more = _random_graded(10, seed=12)
+        add_verdicts(engine, more, adapter="pg-a", judge="ref")
+        assert ws.refresh() == 10
+        fig = ws.figures("pg-a", "ref", "count")
+        assert fig is not None
+        assert fig.metrics.safety_score == pytest.approx(compute_metrics((graded + more)[-120:]).safety_score)
+    finally:
+        engine.dispose()
