@@ -146,7 +146,7 @@ def wrk(port: int, path: str, seconds: int, conns: int, tmp: Path) -> dict[str, 
             return float("nan")
         return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
-    return {"rps": rps, "requests": total, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+    return {"rps": rps, "requests": total,  # type: ignore[dict-item] "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "p50_ms": lat("50"), "p99_ms": lat("99"), "socket_errors": errors.group(1) if errors else ""}
 
 
@@ -206,7 +206,8 @@ def start_litellm(procs: Procs, venv: Path, upstream_port: int, tmp: Path) -> in
       api_key: sk-stub
 """)
     procs.start([str(exe), "--config", str(cfg), "--port", str(port), "--num_workers", "1"],
-                {"LITELLM_MASTER_KEY": KEY, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "LITELLM_MODE": "PRODUCTION"},
+                {"LITELLM_MASTER_KEY": KEY, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+                 "LITELLM_MODE": "PRODUCTION"},
                 tmp / "litellm.log")
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180)
     return port

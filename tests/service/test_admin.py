@@ -38,7 +38,7 @@ def gw_settings(settings: Settings, fake: FakeUpstream) -> Settings:
     settings.gateway.routes_refresh_s = 60  # only the admin routes reconcile during a test
     engine = make_engine(settings.database_url or "")
     init_db(engine)
-    for n in (1, 2):
+    for _n in (1, 2):
         name, version = registry.next_adapter_name(engine, "smollm2-135m")
         registry.register_adapter(engine, name, f"/adapters/{name}", "smollm2-135m", version)
     engine.dispose()
@@ -82,7 +82,7 @@ async def test_admin_auth(gw_settings: Settings, client: aiohttp.ClientSession, 
 async def test_promote_canary_rollback_drive_routing_and_vllm(gw_settings: Settings, fake: FakeUpstream,
                                                               client: aiohttp.ClientSession) -> None:
     v1, v2 = "smollm2-135m-safety-v1", "smollm2-135m-safety-v2"
-    async with running_gateway(gw_settings) as (gw, url):
+    async with running_gateway(gw_settings) as (_gw, url):
         async with client.get(url + "/admin/adapters", headers=AUTH) as resp:
             assert {a["name"]: a["status"] for a in (await resp.json())["data"]} == {v1: "candidate",
                                                                                   v2: "candidate"}

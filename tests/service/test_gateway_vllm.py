@@ -33,7 +33,7 @@ def vllm_settings(settings: Settings, vllm_url: str) -> Settings:
 def _rows(settings: Settings) -> list[Exchange]:
     engine = make_engine(settings.database_url or "")
     with Session(engine) as session:
-        out = list(session.exec(select(Exchange).order_by(Exchange.created_at)).all())
+        out = list(session.exec(select(Exchange).order_by(Exchange.created_at)).all())  # type: ignore[arg-type]
     engine.dispose()
     return out
 
@@ -52,7 +52,7 @@ async def test_openai_client_plain_and_streamed(vllm_settings: Settings) -> None
         stream = await client.chat.completions.create(model="assistant", messages=QUESTION,  # type: ignore[arg-type]
                                                       max_tokens=16, temperature=0, stream=True)
         pieces, usage_chunks = [], 0
-        async for chunk in stream:
+        async for chunk in stream:  # type: ignore[union-attr]
             if chunk.usage is not None:
                 usage_chunks += 1
             if chunk.choices and chunk.choices[0].delta.content:
@@ -80,7 +80,7 @@ def _tiny_lora(base_dir: Path, out: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                                                   init_lora_weights=False, task_type="CAUSAL_LM"))
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(str(out))
     return out
 
 

@@ -49,14 +49,14 @@ def rows(settings: Settings) -> list[Exchange]:
 
     engine = make_engine(settings.database_url or "")
     with Session(engine) as session:
-        out = list(session.exec(select(Exchange).order_by(Exchange.created_at)).all())
+        out = list(session.exec(select(Exchange).order_by(Exchange.created_at)).all())  # type: ignore[arg-type]
     engine.dispose()
     return out
 
 
 async def test_plain_completion_relayed_and_logged(gw_settings: Settings, fake: FakeUpstream,
                                                    client: aiohttp.ClientSession) -> None:
-    async with running_gateway(gw_settings) as (gw, url):
+    async with running_gateway(gw_settings) as (_gw, url):
         async with client.post(url + CHAT, json={"model": "assistant", "messages": MESSAGES,
                                                  "max_tokens": 20, "user": "patient-7"}) as resp:
             assert resp.status == 200
@@ -102,10 +102,13 @@ async def test_stream_chunks_pass_through_before_upstream_finishes(
 
 async def test_stream_keeps_usage_the_client_asked_for(gw_settings: Settings, fake: FakeUpstream,
                                                        client: aiohttp.ClientSession) -> None:
-    async with running_gateway(gw_settings) as (_, url):
-        async with client.post(url + CHAT, json={"model": "assistant", "messages": MESSAGES, "stream": True,
-                                                 "stream_options": {"include_usage": True}}) as resp:
-            full = await resp.read()
+    async with (
+        running_gateway(gw_settings) as (_, url),
+        client.post(url + CHAT,
+                    json={"model": "assistant", "messages": MESSAGES, "stream": True,
+                          "stream_options": {"include_usage": True}}) as resp,
+    ):
+        full = await resp.read()
     assert b'"usage":{"prompt_tokens":11' in full
 
 
@@ -130,10 +133,12 @@ async def test_stream_keeps_usage_the_client_asked_for(gw_settings: Settings, fa
 async def test_bad_input_gets_a_4xx_openai_error(gw_settings: Settings, fake: FakeUpstream,
                                                  client: aiohttp.ClientSession, body: bytes, status: int,
                                                  code: str) -> None:
-    async with running_gateway(gw_settings) as (_, url):
-        async with client.post(url + CHAT, data=body, headers={"Content-Type": "application/json"}) as resp:
-            assert resp.status == status
-            err = orjson.loads(await resp.read())["error"]
+    async with (
+        running_gateway(gw_settings) as (_, url),
+        client.post(url + CHAT, data=body, headers={"Content-Type": "application/json"}) as resp,
+    ):
+        assert resp.status == status
+        err = orjson.loads(await resp.read())["error"]
     assert err["code"] == code and err["message"] and err["type"] == "invalid_request_error"
     assert fake.requests == []  # nothing reached vLLM
     (row,) = rows(gw_settings)  # errors are logged too
@@ -150,10 +155,12 @@ async def test_bad_input_gets_a_4xx_openai_error(gw_settings: Settings, fake: Fa
 async def test_other_routes_are_not_proxied(gw_settings: Settings, fake: FakeUpstream,
                                             client: aiohttp.ClientSession, method: str, path: str,
                                             status: int) -> None:
-    async with running_gateway(gw_settings) as (_, url):
-        async with client.request(method, url + path, json={"lora_name": "x", "lora_path": "/tmp"}) as resp:
-            assert resp.status == status
-            assert "error" in orjson.loads(await resp.read())
+    async with (
+        running_gateway(gw_settings) as (_, url),
+        client.request(method, url + path, json={"lora_name": "x", "lora_path": "/tmp"}) as resp,
+    ):
+        assert resp.status == status
+        assert "error" in orjson.loads(await resp.read())
     assert fake.admin_calls == []
 
 
@@ -205,19 +212,23 @@ async def test_upstream_timeout_gives_504(gw_settings: Settings, fake: FakeUpstr
                                           client: aiohttp.ClientSession) -> None:
     fake.mode = "hang"
     gw_settings.gateway.read_timeout_s = 0.5
-    async with running_gateway(gw_settings) as (_, url):
-        async with client.post(url + CHAT, json={"model": "assistant", "messages": MESSAGES}) as resp:
-            assert resp.status == 504
-            assert (await resp.json())["error"]["code"] == "upstream_timeout"
+    async with (
+        running_gateway(gw_settings) as (_, url),
+        client.post(url + CHAT, json={"model": "assistant", "messages": MESSAGES}) as resp,
+    ):
+        assert resp.status == 504
+        assert (await resp.json())["error"]["code"] == "upstream_timeout"
 
 
 async def test_upstream_error_status_passes_through(gw_settings: Settings, fake: FakeUpstream,
                                                     client: aiohttp.ClientSession) -> None:
     fake.mode = "error500"
-    async with running_gateway(gw_settings) as (_, url):
-        async with client.post(url + CHAT, json={"model": "assistant", "messages": MESSAGES}) as resp:
-            assert resp.status == 500
-            assert (await resp.json())["error"]["message"] == "engine dead"
+    async with (
+        running_gateway(gw_settings) as (_, url),
+        client.post(url + CHAT, json={"model": "assistant", "messages": MESSAGES}) as resp,
+    ):
+        assert resp.status == 500
+        assert (await resp.json())["error"]["message"] == "engine dead"
     (row,) = rows(gw_settings)
     assert row.status == 500 and not row.sampled
 
@@ -225,11 +236,12 @@ async def test_upstream_error_status_passes_through(gw_settings: Settings, fake:
 async def test_stream_cut_by_upstream_ends_with_an_error_event(gw_settings: Settings, fake: FakeUpstream,
                                                                client: aiohttp.ClientSession) -> None:
     fake.mode = "cut_stream"
-    async with running_gateway(gw_settings) as (_, url):
-        async with client.post(url + CHAT, json={"model": "assistant", "messages": MESSAGES,
-                                                 "stream": True}) as resp:
-            assert resp.status == 200
-            full = await resp.read()
+    async with (
+        running_gateway(gw_settings) as (_, url),
+        client.post(url + CHAT, json={"model": "assistant", "messages": MESSAGES, "stream": True}) as resp,
+    ):
+        assert resp.status == 200
+        full = await resp.read()
     assert b'"Hello"' in full
     last = full.strip().split(b"\n\n")[-1]
     assert last.startswith(b"data: ") and orjson.loads(last[6:])["error"]["code"] == "bad_gateway"

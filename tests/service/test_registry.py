@@ -12,10 +12,7 @@ from service.store import init_db, make_engine
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path) -> Engine:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'reg.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
+    url = f"sqlite:///{tmp_path / 'reg.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     eng = make_engine(url)
     init_db(eng)
     with eng.begin() as conn:
@@ -53,7 +50,8 @@ def test_canary_promote_and_rollback_chain(engine: Engine) -> None:
     with pytest.raises(RegistryError):
         registry.start_canary(engine, v2, 0.1)  # one canary at a time
     registry.set_canary_fraction(engine, v1, 0.5, figures={"n": 40})
-    assert registry.get_adapter(engine, v1).canary_fraction == 0.5
+    row = registry.get_adapter(engine, v1)
+    assert row is not None and row.canary_fraction == 0.5
     registry.promote(engine, v1, reason="no worse")
     assert _statuses(engine) == {v1: "stable", v2: "candidate"}
     registry.start_canary(engine, v2, 0.1)
