@@ -304,6 +304,8 @@ class RetrainSupervisor:
         self.metrics = metrics
         self.base_adapter = base_adapter
         self._suppressed_requests: dict[int, str] = {}
+        self._watching: dict[int, str | None] = {}  # active run id → handle, to notice runs that end on their own
+        self._counted: set[int] = set()
 
     @classmethod
     def from_settings(cls, engine: Engine, settings: Any, holder: str, metrics: MonitorMetrics | None = None,
@@ -388,6 +390,7 @@ class RetrainSupervisor:
             row.handle = handle
             s.add(row)
             run = row
+        self._watching[run_id] = handle
         if self.metrics is not None:
             self.metrics.retrain_in_progress.set(1)
         log.info("retrain run %d started (%s %s)", run_id, self.launcher.backend, handle)
@@ -404,17 +407,38 @@ class RetrainSupervisor:
                     row.error = error
             row.finished_at = row.finished_at or utcnow()
             s.add(row)
+        self._count(row)
+        return row
+
+    def _count(self, row: RetrainRun) -> None:
+        """Count a finished run's outcome once."""
+        if row.id is None or row.id in self._counted:
+            return
+        self._counted.add(row.id)
+        self._watching.pop(row.id, None)
         if self.metrics is not None:
             self.metrics.retrain_runs.labels(outcome=row.outcome or row.status).inc()
-        return row
 
     # Watching.
     def tick(self) -> list[str]:
         """Watch active runs, then start requested ones the rules allow; returns what happened."""
         notes: list[str] = []
         now = utcnow()
-        for run in self.active_runs():
+        active = self.active_runs()
+        ended = set(self._watching) - {r.id for r in active}
+        for run_id in ended:  # the run wrote its own final status: count it, reap its process
+            handle = self._watching.get(run_id)
+            if handle:
+                self.launcher.poll(handle)
+            with Session(self.engine) as s:
+                row = s.get(RetrainRun, run_id)
+            if row is not None and row.status in TERMINAL:
+                self._count(row)
+            else:
+                self._watching.pop(run_id, None)
+        for run in active:
             assert run.id is not None
+            self._watching[run.id] = run.handle
             state = self.launcher.poll(run.handle) if run.handle and run.backend == self.launcher.backend else None
             if state is None:
                 beat = _aware(run.heartbeat_at or run.started_at or run.created_at)
@@ -431,8 +455,11 @@ class RetrainSupervisor:
             release_lease(self.engine, RETRAIN_LEASE, self.holder)
             notes.append(f"run {run.id} {row.status if row else status} ({state.detail})")
         notes.extend(self._start_requested())
+        still_active = self.active_runs()
+        if not still_active and lease_holder(self.engine, RETRAIN_LEASE) == self.holder:
+            release_lease(self.engine, RETRAIN_LEASE, self.holder)  # nothing runs: never keep the lease
         if self.metrics is not None:
-            self.metrics.retrain_in_progress.set(1 if self.active_runs() else 0)
+            self.metrics.retrain_in_progress.set(1 if still_active else 0)
         return notes
 
     def _start_requested(self) -> list[str]:

@@ -245,3 +245,21 @@ spec:
         run3, why = sup.start()
         assert run3 is None and why is not None and "HTTP 403" in why
         assert lease_holder(engine, RETRAIN_LEASE) is None
+
+
+def test_a_run_that_writes_its_own_outcome_is_counted_and_frees_the_lease(engine) -> None:  # type: ignore[no-untyped-def]
+    metrics = MonitorMetrics()
+    sup = RetrainSupervisor(engine, LocalLauncher(_cmd("import time; time.sleep(0.5)")), holder="m",
+                            cooldown_s=0, metrics=metrics)
+    run, _ = sup.start()
+    assert run is not None
+    with session_scope(engine) as s:  # what `careloop retrain --run-id N` does when its canary is rolled back
+        row = s.get(RetrainRun, run.id)
+        assert row is not None
+        row.status, row.outcome, row.finished_at = "succeeded", "rolled_back", utcnow()
+        s.add(row)
+    sup.tick()
+    sup.tick()
+    assert metrics.retrain_runs.labels(outcome="rolled_back")._value.get() == 1
+    assert metrics.retrain_in_progress._value.get() == 0
+    assert lease_holder(engine, RETRAIN_LEASE) is None
