@@ -235,6 +235,8 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is needed (apt-get install wrk)")
 
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start "
+          "(a shared machine makes tails and throughput noisy; compare columns within one run)")
     tmp = Path(tempfile.mkdtemp(prefix="careloop-bench-"))
     procs = Procs()
     results: dict[str, object] = {}
@@ -328,6 +330,8 @@ def main() -> None:
                                 "dropped": dropped}
     finally:
         procs.stop_all()
+    results["load_average_end"] = os.getloadavg()[0]
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from typing import Any
@@ -123,6 +124,9 @@ class Gateway:
         with contextlib.suppress(Exception):
             await self.refresh_routes()
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop(), name="routes-refresh")
+        # Everything allocated so far lives for the whole process: keep it out of the collector's full passes.
+        gc.collect()
+        gc.freeze()
 
     async def shutdown(self) -> None:
         """Stop refreshing, drain the traffic log, close the client."""

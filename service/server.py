@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import uvicorn
 
@@ -35,4 +36,7 @@ def run_gateway(settings: Settings, log_level: str = "info") -> None:
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.ensure_dirs()
+    # The traffic-log thread parses and redacts batches; a shorter GIL switch interval hands the event loop
+    # the GIL back within ~1 ms instead of 5 ms, which is what keeps the p99 of the gateway's own time low.
+    sys.setswitchinterval(settings.gateway.gil_switch_interval_s)
     uvicorn.Server(uvicorn_config(settings, log_level)).run()

@@ -33,6 +33,9 @@ class GatewaySettings(BaseModel):
     routes_refresh_s: float = 2.0
     # The share of users (sticky by user/session id) routed to the canary adapter while one is live.
     canary_fraction: float = 0.1
+    # sys.setswitchinterval for the gateway process: how soon the event loop gets the GIL back from the
+    # traffic-log writer thread (Python's default is 0.005 s).
+    gil_switch_interval_s: float = 0.001
 
 
 class JudgeEndpoint(BaseModel):
@@ -141,6 +144,7 @@ class RetrainSettings(BaseModel):
     dpo_enabled: bool = True
     seed_harmful: int = 64  # seed harmful prompts per run (safe reply desirable, own failed reply undesirable)
     seed_benign: int = 48  # seed benign questions per run (own helpful answer desirable)
+    seed_borderline: int = 200  # risky-sounding benign prompts per run (answer desirable, refusal undesirable)
     max_completion_words: int = 40  # completions are cut to whole sentences within this many words
     max_completion_tokens: int = 80  # when generating policy replies and DPO alternatives
     max_dpo_candidates: int = 200  # failed traffic replies sent for a verified alternative per cycle
