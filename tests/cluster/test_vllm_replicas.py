@@ -1,10 +1,12 @@
-"""Several vLLM replicas (two real CPU vLLM servers on loopback): adapters reach every replica before traffic
-does, and a replica that restarts gets the current stable and canary adapters back from the registry."""
+"""Several vLLM replicas (two real CPU vLLM servers on loopback: the session's and one of our own):
+adapters reach every replica before traffic does, and a replica that restarts gets the current stable and
+canary adapters back from the registry."""
 
 from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from service.registry import promote, register_adapter, start_canary
 from service.settings import Settings
 from service.store import init_db, make_engine
-from service.vllm_admin import loaded_models, reconcile
+from service.vllm_admin import loaded_models, reconcile, unload_adapter
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -70,24 +72,19 @@ class Replica:
 
 
 @pytest.fixture(scope="module")
-def replicas(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
-    """Two CPU vLLM servers with runtime LoRA loading, started side by side."""
-    out: list[Replica] = []
-    for i in range(2):
-        home = tmp_path_factory.mktemp(f"vllm-replica-{i}")
-        settings = Settings(home=home, vllm_port=free_port(), vllm_kv_cache_gb=1)
-        settings.models_dir.mkdir(parents=True, exist_ok=True)
-        settings.base_model_dir.symlink_to(embedded_model_dir, target_is_directory=True)
-        out.append(Replica(settings, home / "vllm.log"))
+def own_replica(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+    """A second CPU vLLM server beside the session's one, which this test may restart."""
+    home = tmp_path_factory.mktemp("vllm-replica")
+    settings = Settings(home=home, vllm_port=free_port(), vllm_kv_cache_gb=1)
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    settings.base_model_dir.symlink_to(embedded_model_dir, target_is_directory=True)
+    replica = Replica(settings, home / "vllm.log")
     try:
-        for r in out:
-            r.start()
-        for r in out:
-            r.wait()
-        yield out
+        replica.start()
+        replica.wait()
+        yield replica
     finally:
-        for r in out:
-            r.stop()
+        replica.stop()
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +95,8 @@ def adapters(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     from transformers import AutoModelForCausalLM
 
     out: dict[str, Path] = {}
-    for i, name in enumerate((f"{BASE}-safety-v1", f"{BASE}-safety-v2")):
+    tag = uuid.uuid4().hex[:8]  # the session's vLLM is shared: names nobody else uses
+    for i, name in enumerate((f"{BASE}-replicas-{tag}-v1", f"{BASE}-replicas-{tag}-v2")):
         torch.manual_seed(i)
         model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
         peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
@@ -118,8 +116,9 @@ async def _chat(session: aiohttp.ClientSession, url: str, model: str) -> int:
 
 
 async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a_restart(
-    replicas: list[Replica], adapters: dict[str, Path], tmp_path: Path,
+    vllm_url: str, own_replica: Replica, adapters: dict[str, Path], tmp_path: Path,
 ) -> None:
+    """Replica 0 is the session's vLLM, replica 1 our own, which restarts midway."""
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
     init_db(engine)
     v1, v2 = sorted(adapters)
@@ -127,7 +126,7 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
     promote(engine, v1, reason="test")
     register_adapter(engine, v2, str(adapters[v2]), BASE, version=2, parent=v1)
     start_canary(engine, v2, 0.2, reason="test")
-    urls = [r.url for r in replicas]
+    urls = [vllm_url, own_replica.url]
     unreachable = f"http://127.0.0.1:{free_port()}"
 
     async with aiohttp.ClientSession() as session:
@@ -145,9 +144,9 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
                 assert await _chat(session, url, model) == 200
 
         # Replica 1 restarts: it comes back with the base model only ...
-        replicas[1].stop()
-        replicas[1].start()
-        replicas[1].wait()
+        own_replica.stop()
+        own_replica.start()
+        own_replica.wait()
         fresh = await loaded_models(session, urls[1])
         assert v1 not in fresh and v2 not in fresh
         assert await _chat(session, urls[1], v2) != 200
@@ -156,4 +155,6 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
         assert (routes.stable, routes.canary) == (v1, v2)
         assert {v1, v2} <= set(await loaded_models(session, urls[1]))
         assert await _chat(session, urls[1], v2) == 200
+        for name in (v1, v2):  # leave the shared server as we found it
+            await unload_adapter(session, vllm_url, name)
     engine.dispose()
