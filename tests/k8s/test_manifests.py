@@ -3,6 +3,7 @@ pieces agree with each other and with careloop's settings (replicas vs upstream 
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -258,6 +259,25 @@ def test_retrain_job_runs_accelerate_with_a_config_matching_its_gpus(
         other = tmp.parent / name
         other.write_text(text)
         ClusterConfig.from_yaml_file(str(other))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_careloop_config_parses_as_settings(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ConfigMap, read from the environment as a pod reads it, gives the settings the cluster relies on."""
+    cfg = config(rendered[overlay])
+    for key in [k for k in os.environ if k.startswith("CARELOOP_")]:
+        monkeypatch.delenv(key)
+    for key, value in cfg.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    vllm = find(rendered[overlay], "StatefulSet", "vllm")
+    assert settings.upstreams == [f"http://vllm-{i}.vllm:8000" for i in range(vllm["spec"]["replicas"])]
+    assert str(settings.home) == "/var/lib/careloop"
+    assert settings.base_model_dir == Path(cfg["CARELOOP_BASE_MODEL_PATH"])
+    assert settings.monitor.retrain_backend == "kubernetes"
+    assert settings.monitor.kubernetes_job_template == "/etc/careloop/retrain/job.yaml"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
