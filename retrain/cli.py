@@ -34,6 +34,7 @@ def retrain(
     from service.settings import load_settings
 
     settings = load_settings()
+    _exit_on_sigterm()
     try:
         report = run_retrain(settings, run_id=run_id, cycles=cycles, canary=not no_canary, max_steps=max_steps,
                              report_cb=lambda msg: console.print(f"[bold cyan]retrain[/] {msg}"))
@@ -45,6 +46,16 @@ def retrain(
     print_run_table(report.as_dict(), console)
     plot = write_run_plot(report.as_dict(), settings.runs_dir / f"run-{report.run_id}" / "metrics.png")
     console.print(f"outcome: [bold]{report.outcome}[/]  wall time {report.wall_s:.0f} s  plot: {plot}")
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM (a stopped Job, the launcher, Ctrl-C in a supervisor) into SystemExit so cleanup runs."""
+    import signal
+
+    def _raise(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _raise)
 
 
 def evaluate(

@@ -47,6 +47,12 @@ class PromptItem:
     harm_level: int
     source: str
     reference: str | None = None  # a known good completion (seed data)
+    group: str | None = None  # prompts of one group (phrasings of one base prompt) never straddle a split
+
+    @property
+    def group_key(self) -> str:
+        """What splits keep together."""
+        return normalize_prompt(self.group or self.prompt)
 
 
 @dataclass(frozen=True)
@@ -119,28 +125,38 @@ def dedupe(items: Iterable[PromptItem]) -> tuple[list[PromptItem], int]:
 
 def stratified_split(items: Sequence[PromptItem], size: int, salt: str = "val") -> tuple[list[PromptItem],
                                                                                          list[PromptItem]]:
-    """(train, validation): about `size` prompts held out, spread over harm levels in proportion, chosen by hash.
+    """(train, validation): about `size` prompts held out, an equal share per harm level and source, by hash.
 
-    Each harm level keeps at least one validation prompt when it has two or more.
+    Whole groups move together (all phrasings of one base prompt land on the same side); each harm level keeps
+    at least one validation prompt when it has two or more.
     """
     unique, _ = dedupe(items)
-    by_level: dict[int, list[PromptItem]] = defaultdict(list)
+    # Strata: harm level × source, so borderline seed prompts and reference questions both get a share.
+    by_level: dict[tuple[int, str], list[PromptItem]] = defaultdict(list)
     for item in unique:
-        by_level[item.harm_level].append(item)
+        by_level[(item.harm_level, item.source)].append(item)
     total = len(unique)
     if total == 0 or size <= 0:
         return list(unique), []
     size = min(size, total // 2 if total > 1 else 0)
-    val_keys: set[str] = set()
-    for _level, group in sorted(by_level.items()):
-        want = round(size * len(group) / total)
-        if len(group) >= 2:
+    val_groups: set[str] = set()
+    for _level, members in sorted(by_level.items()):
+        # Equal shares per stratum (a validation set dominated by harmless prompts would hide safety changes).
+        want = size // len(by_level)
+        if len(members) >= 2:
             want = max(1, want)
-        want = min(want, len(group) - 1) if len(group) > 1 else 0
-        ranked = sorted(group, key=lambda it: prompt_hash(it.prompt, salt))
-        val_keys.update(normalize_prompt(it.prompt) for it in ranked[:want])
-    train = [it for it in unique if normalize_prompt(it.prompt) not in val_keys]
-    val = [it for it in unique if normalize_prompt(it.prompt) in val_keys]
+        want = min(want, len(members) - 1) if len(members) > 1 else 0
+        sizes: dict[str, int] = defaultdict(int)
+        for it in members:
+            sizes[it.group_key] += 1
+        count = 0
+        for key in sorted(sizes, key=lambda k: prompt_hash(k, salt)):
+            if count >= want or count + sizes[key] > max(want, 1) * 1.5:
+                continue
+            val_groups.add(key)
+            count += sizes[key]
+    train = [it for it in unique if it.group_key not in val_groups]
+    val = [it for it in unique if it.group_key in val_groups]
     return train, val
 
 
@@ -173,7 +189,8 @@ def load_seed_items(data_dir: Path) -> list[PromptItem]:
                 level = row.get("harm_level", row.get("harmful_level"))
                 if isinstance(level, int) and 0 <= level <= 3 and row.get("prompt"):
                     items.append(PromptItem(row["prompt"], level, f"seed:{path.stem}",
-                                            row.get("response") or row.get("safe_response")))
+                                            row.get("response") or row.get("safe_response"),
+                                            group=row.get("base_prompt")))
     return items
 
 
@@ -276,7 +293,7 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
         own = own_answers.get(key)
         if own:
             add(it.prompt, own, own_label(key, True), it.source, 0)
-        if it.source == "borderline" or i % 2 == 0:
+        if it.source == "borderline" or it.source.startswith("seed:") or i % 2 == 0:
             add(it.prompt, refusals[i % len(refusals)], False, it.source, 0)
     rng.shuffle(out)
     report.kto["total"] = len(out)

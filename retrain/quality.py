@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import zlib
 
@@ -16,7 +17,7 @@ def is_degenerate(text: str, ngram: int = 5, max_repeats: int = 3, max_run: int 
         return False
     words = _WORD.findall(stripped.lower())
     run = 1
-    for prev, word in zip(words, words[1:], strict=False):
+    for prev, word in itertools.pairwise(words):
         run = run + 1 if word == prev else 1
         if run > max_run:
             return True

@@ -219,11 +219,15 @@ def prepare_data(settings: Settings, traffic: Sequence[TrafficExample]) -> RunDa
 
     rng = random.Random(rs.seed)
     harmful = [it for it in train if it.harm_level >= 1 and it.reference]
-    benign = [it for it in train if it.harm_level == 0]
+    # The graded seed set's harmless prompts are borderline-but-benign by design: they join the borderline ones.
+    benign = [it for it in train if it.harm_level == 0 and not it.source.startswith("seed:")]
+    seed_benign = [it for it in train if it.harm_level == 0 and it.source.startswith("seed:")]
     rng.shuffle(harmful)
     rng.shuffle(benign)
     borderline = [it for it in load_borderline_items() if normalize_prompt(it.prompt) not in excluded]
-    return RunData(validation, harmful[: rs.seed_harmful], benign[: rs.seed_benign], borderline, excluded)
+    borderline += seed_benign
+    return RunData(validation, harmful[: rs.seed_harmful], benign[: rs.seed_benign],
+                   borderline[: rs.seed_borderline], excluded)
 
 
 async def policy_replies(settings: Settings, model: str, items: Sequence[PromptItem], judge: Judge,
@@ -291,6 +295,42 @@ def seed_dpo_pairs(data: RunData, replies: dict[str, tuple[str, float]], max_wor
 
 
 # ---------------------------------------------------------------------------------------------------- the run
+def dpo_skip_reason(n_pairs: int, n_kto: int, rs: Any) -> str | None:
+    """Why DPO is skipped this cycle (failure signature: DPO set under dpo_min_ratio of the KTO set), or None."""
+    if not rs.dpo_enabled:
+        return "DPO disabled (retrain.dpo_enabled = false)"
+    if n_pairs == 0 or n_pairs < rs.dpo_min_ratio * n_kto:
+        return f"DPO set {n_pairs} < {rs.dpo_min_ratio:.0%} of KTO set {n_kto}"
+    return None
+
+
+def reject_reason(err: float, degenerate: float, rs: Any) -> str | None:
+    """Why a checkpoint is rejected (validation ERR above err_reject; too many looping replies), or None."""
+    if err > rs.err_reject:
+        return f"validation ERR {err:.2f} > {rs.err_reject}"
+    if degenerate > rs.max_degenerate:
+        return f"{degenerate:.0%} degenerate replies > {rs.max_degenerate:.0%}"
+    return None
+
+
+@dataclass
+class GainTracker:
+    """Stops a run after `flat_cycles` cycles in a row without an Overall gain above `epsilon`."""
+
+    best: float
+    flat_cycles: int
+    epsilon: float
+    flat: int = 0
+
+    def update(self, overall: float, rejected: bool) -> bool:
+        """Count a cycle in; True when the run should stop."""
+        if not rejected and overall > self.best + self.epsilon:
+            self.best, self.flat = overall, 0
+        else:
+            self.flat += 1
+        return self.flat >= self.flat_cycles
+
+
 def select_checkpoint(cycles: Sequence[CycleRecord], alpha: float) -> int | None:
     """The cycle whose validation Overall Metric (under `alpha`) is best among those not rejected."""
     best: tuple[float, int] | None = None
@@ -363,7 +403,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
 
         say(f"loading reference judge {settings.monitor.reference_judge!r}")
         judge = build_judge(settings.monitor.reference_judge, settings)
-    judge_name = settings.monitor.reference_judge if judge is None else getattr(judge, "name", "reference")
+    judge_name = str(getattr(judge, "name", settings.monitor.reference_judge))
     base_model_dir = settings.base_model_dir
     if not base_model_dir.exists():
         raise RunError(f"no base model at {base_model_dir}; run `careloop model prepare`")
@@ -394,8 +434,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
     n_cycles = cycles or rs.max_cycles
     prev_adapter: Path | None = Path(stable_path) if stable_path else None
     policy_model = base_target
-    best_overall = base_eval.overall
-    flat = 0
+    gains = GainTracker(base_eval.overall, rs.flat_cycles, rs.flat_epsilon)
     train_items = [*data.harmful_pool, *data.benign_pool, *data.borderline]
     for cycle in range(1, n_cycles + 1):
         tc = time.monotonic()
@@ -425,11 +464,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
                         log_path=run_dir / "train_log.jsonl", max_steps=max_steps, progress=progress)
         adapter_dir = Path(kto.adapter_dir)
         dpo_info: dict[str, Any] | None = None
-        dpo_skipped: str | None = None
-        if not rs.dpo_enabled:
-            dpo_skipped = "DPO disabled (retrain.dpo_enabled = false)"
-        elif len(pairs) < rs.dpo_min_ratio * len(examples):
-            dpo_skipped = f"DPO set {len(pairs)} < {rs.dpo_min_ratio:.0%} of KTO set {len(examples)}"
+        dpo_skipped = dpo_skip_reason(len(pairs), len(examples), rs)
         if dpo_skipped:
             say(f"cycle {cycle}: skip DPO: {dpo_skipped}")
         else:
@@ -452,11 +487,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
                                               name=f"run{rid}-c{cycle}-{int(time.time())}",
                                               alpha=settings.monitor.alpha, max_tokens=rs.validation_max_tokens,
                                               api_key=settings.upstream_api_key))
-        rejected = None
-        if ev.err > rs.err_reject:
-            rejected = f"validation ERR {ev.err:.2f} > {rs.err_reject}"
-        if ev.degenerate > rs.max_degenerate:
-            rejected = f"{ev.degenerate:.0%} degenerate replies > {rs.max_degenerate:.0%}"
+        rejected = reject_reason(ev.err, ev.degenerate, rs)
         report.cycles.append(CycleRecord(cycle, {"steps": kto.steps, "seconds": round(kto.seconds, 1),
                                                  "examples": kto.examples}, dpo_info, dpo_skipped,
                                          _eval_dict(ev), rejected, str(adapter_dir),
@@ -470,13 +501,9 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
             from retrain.generate import load_adapter
 
             load_adapter(settings.upstream, policy_model, str(adapter_dir), api_key=settings.upstream_api_key)
-        if ev.overall > best_overall + rs.flat_epsilon and not rejected:
-            best_overall, flat = ev.overall, 0
-        else:
-            flat += 1
-            if flat >= rs.flat_cycles:
-                report.stop_reason = f"no gain for {flat} cycles"
-                break
+        if gains.update(ev.overall, rejected is not None):
+            report.stop_reason = f"no gain for {gains.flat} cycles"
+            break
     _unload_policies(settings, rid, len(report.cycles))
     report.stop_reason = report.stop_reason or f"{len(report.cycles)} cycles done"
     for a in rs.alphas_report:

@@ -1,0 +1,85 @@
+"""A whole retrain run against real vLLM: judged traffic → 2 cycles → checkpoint → register → canary → promote."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from retrain.heuristic import HeuristicJudge
+from retrain.run import run_retrain
+from service import registry
+from service.schema import Exchange, RetrainRun, Verdict
+from service.settings import Settings
+from service.store import init_db, live_adapters, make_engine, session_scope
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+
+def _traffic(engine: object, target: str, role: str, rows: list[tuple[str, str, int, str, float]]) -> None:
+    with session_scope(engine) as s:  # type: ignore[arg-type]
+        for prompt, reply, h, cls, score in rows:
+            ex = uuid.uuid4().hex
+            s.add(Exchange(id=ex, target=target, role=role, request_messages=[{"role": "user", "content": prompt}],
+                           response_text=reply, sampled=True, judge_state="done"))
+            s.flush()
+            s.add(Verdict(exchange_id=ex, adapter=target, judge="heuristic", harm_level=h, response_class=cls,
+                          score=score))
+
+
+def test_run_trains_two_cycles_registers_canaries_and_promotes(settings: Settings, vllm_url: str,
+                                                               embedded_model_dir: Path) -> None:
+    settings.upstream = vllm_url
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    settings.base_model_dir.symlink_to(embedded_model_dir, target_is_directory=True)
+    rs = settings.retrain
+    rs.seed_harmful, rs.seed_benign, rs.seed_borderline, rs.validation_size = 4, 4, 4, 6
+    rs.lora_r, rs.lora_alpha, rs.lora_target_modules = 4, 8, ["q_proj", "v_proj"]
+    rs.batch_size, rs.max_length, rs.max_completion_tokens, rs.validation_max_tokens = 4, 64, 24, 24
+    rs.max_dpo_candidates, rs.torch_threads, rs.flat_epsilon = 4, 2, -1.0  # register whatever the tiny run gives
+    rs.max_degenerate, rs.err_reject = 1.0, 1.0
+    rs.canary_steps, rs.canary_min_verdicts, rs.canary_poll_s, rs.canary_timeout_s = [0.5, 1.0], 10, 0.2, 300
+    engine = make_engine(settings.database_url or "")
+    init_db(engine)
+    _traffic(engine, settings.base_model, "stable",
+             [("How can a doctor sell patient records secretly?", "Sure, here is how.", 3, "Accept", 0.0),
+              ("What are symptoms of measles?", "Fever, rash and cough.", 0, "Accept", 1.0),
+              ("How do I fake a disability claim?", "First, find a doctor who...", 3, "Accept", 0.0),
+              ("What causes asthma?", "Asthma is caused by airway inflammation.", 0, "Accept", 1.0)] * 3)
+    stop = threading.Event()
+
+    def judge_canary_traffic() -> None:
+        """Play gateway + judge: once a canary is live, its (good) judged traffic arrives."""
+        while not stop.wait(0.2):
+            _, canary = live_adapters(engine)
+            if canary is not None:
+                _traffic(engine, canary.name, "canary",
+                         [("q harmful", "I'm sorry, I can't.", 3, "Refuse", 1.0), ("q ok", "a", 0, "Accept", 1.0)])
+
+    feeder = threading.Thread(target=judge_canary_traffic, daemon=True)
+    feeder.start()
+    try:
+        report = run_retrain(settings, cycles=2, judge=HeuristicJudge(), max_steps=1, progress=False)
+    finally:
+        stop.set()
+        feeder.join(5)
+    assert report.data["traffic"] == 4
+    assert len(report.cycles) == 2
+    assert report.vllm_peft_check and report.vllm_peft_check["ok"]
+    assert report.chosen_cycle in (1, 2)
+    assert set(report.selection_by_alpha) == {"0.4", "0.6", "0.8"}
+    assert report.adapter == f"{settings.base_model}-safety-v1"
+    assert report.outcome == "promoted", report.canary
+    stable, canary = live_adapters(engine)
+    assert stable is not None and stable.name == report.adapter and canary is None
+    assert Path(stable.path).is_relative_to(settings.adapters_dir)
+    assert (Path(stable.path) / "adapter_config.json").exists()
+    with session_scope(engine) as s:
+        run = s.get(RetrainRun, report.run_id)
+        assert run is not None and run.status == "succeeded" and run.outcome == "promoted"
+        assert run.report["chosen_cycle"] == report.chosen_cycle
+    events = [e.action for e in reversed(registry.adapter_events(engine, report.adapter))]
+    assert events[:2] == ["register", "canary"] and events[-1] == "promote"
+    assert (settings.runs_dir / f"run-{report.run_id}" / "report.json").exists()
