@@ -471,13 +471,13 @@ class RetrainSupervisor:
             assert req.id is not None
             run, why = self.start(run=req)
             if run is not None:
-                record_event(self.engine, rule="manual", kind="retrain_started", adapter=req.base_adapter,
+                record_event(self.engine, rule="operator", kind="retrain_started", adapter=req.base_adapter,
                              decision=f"started requested retrain run {run.id}", retrain_run_id=run.id)
                 notes.append(f"run {run.id} started (requested)")
                 break
             if why and self._suppressed_requests.get(req.id) != why.split(":")[0]:
                 self._suppressed_requests[req.id] = why.split(":")[0]
-                record_event(self.engine, rule="manual", kind="suppressed", adapter=req.base_adapter,
+                record_event(self.engine, rule="operator", kind="suppressed", adapter=req.base_adapter,
                              decision=f"requested retrain run {req.id} waits: {why}", retrain_run_id=req.id)
             break  # one at a time: later requests wait behind the first
         return notes

@@ -124,7 +124,7 @@ def test_requested_runs_start_under_the_same_rules(engine, tmp_path: Path) -> No
         events = s.exec(select(TriggerEvent).order_by(TriggerEvent.id)).all()  # type: ignore[arg-type]
     assert second is not None and second.status == "requested"  # cooldown: it waits
     kinds = [(e.rule, e.kind) for e in events]
-    assert kinds.count(("manual", "retrain_started")) == 1
+    assert kinds.count(("operator", "retrain_started")) == 1
     waits = [e for e in events if e.kind == "suppressed"]
     assert [w.decision.split(": ")[1] for w in waits] == ["in_progress", "cooldown"]  # once per reason
 
