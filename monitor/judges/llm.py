@@ -67,7 +67,7 @@ class LLMJudge:
 
     async def _post(self, body: dict[str, Any]) -> str:
         resp = await self._client.post(self.url, json=body)
-        if resp.status_code == 400 and self.structured and "response_format" in body:
+        if resp.status_code == 400 and "response_format" in body:
             # The endpoint does not take structured output: fall back to parsing for good.
             log.warning("judge %s: endpoint refused structured output (%s); parsing free text",
                         self.name, resp.text[:200])
