@@ -4,6 +4,7 @@ canary adapters back from the registry."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 import uuid
@@ -134,9 +135,11 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
         routes = await reconcile(session, engine, [*urls, unreachable], BASE)
         assert routes.stable == BASE and routes.canary is None
 
-        # All replicas reachable: both adapters are loaded on every one of them, and only then routed.
-        routes = await reconcile(session, engine, urls, BASE, previous=routes)
-        assert (routes.stable, routes.canary) == (v1, v2)
+        # All replicas reachable, two gateway replicas reconciling at the same moment: both adapters end up
+        # loaded on every vLLM replica, and only then are they routed (by both gateways).
+        both = await asyncio.gather(*(reconcile(session, engine, urls, BASE, previous=routes) for _ in range(2)))
+        assert {(r.stable, r.canary) for r in both} == {(v1, v2)}
+        routes = both[0]
         for url in urls:
             assert {v1, v2} <= set(await loaded_models(session, url))
             assert routes.loaded[url] == sorted([v1, v2])
