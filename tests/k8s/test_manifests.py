@@ -176,6 +176,8 @@ def test_vllm_takes_runtime_adapters_from_the_shared_volume(
     spec = find(objs, "StatefulSet", "vllm")["spec"]["template"]["spec"]
     c = container(spec, "vllm")
     assert "--enable-lora" in c["args"]
+    rank = next(int(a.split("=", 1)[1]) for a in c["args"] if a.startswith("--max-lora-rank="))
+    assert rank >= Settings().retrain.lora_r, "vLLM must accept the adapters retrain trains"
     assert env_of(c)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     home = config(objs)["CARELOOP_HOME"]
     data_vol = next(v["name"] for v in spec["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName")
