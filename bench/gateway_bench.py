@@ -41,6 +41,7 @@ BODY = json.dumps({"model": "assistant", "messages": [
     {"role": "system", "content": "You are a careful clinical assistant."},
     {"role": "user", "content": "I take metformin 500 mg twice a day. Can I drink alcohol with it?"}],
     "max_tokens": 64}).encode()
+CHAT = "/v1/chat/completions"
 KEY = "sk-bench-2f6c0e3a9d4b47c1a8e5f09b7d31c6e2a4f8b0d9"  # LiteLLM's master key; the others ignore it
 STREAM_BODY = json.dumps({**json.loads(BODY), "stream": True}).encode()
 
@@ -151,24 +152,29 @@ def wrk(port: int, path: str, seconds: int, conns: int, tmp: Path) -> dict[str, 
             "p50_ms": lat("50"), "p99_ms": lat("99"), "socket_errors": errors.group(1) if errors else ""}
 
 
-async def streams(port: int, path: str, concurrency: int) -> list[float]:
-    """Open `concurrency` streams at once; seconds until each has been read to the end."""
+async def streams(port: int, path: str, concurrency: int, stagger_s: float = 0.0
+                  ) -> tuple[list[float], list[float]]:
+    """Open `concurrency` streams, spread evenly over `stagger_s` (0: all at once); (seconds to the first
+    chunk, seconds to the end) of each."""
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        async def one() -> float:
+        async def one(i: int) -> tuple[float, float]:
+            await asyncio.sleep(stagger_s * i / concurrency)
             t = time.perf_counter()
+            first = 0.0
             async with session.post(f"http://127.0.0.1:{port}{path}", data=STREAM_BODY,
                                     headers={"Content-Type": "application/json",
                                              "Authorization": f"Bearer {KEY}"}) as resp:
                 async for _ in resp.content.iter_any():
-                    pass
+                    first = first or time.perf_counter() - t
                 if resp.status != 200:
                     raise RuntimeError(f"stream status {resp.status}")
-            return time.perf_counter() - t
+            return first, time.perf_counter() - t
 
-        return list(await asyncio.gather(*(one() for _ in range(concurrency))))
+        out = await asyncio.gather(*(one(i) for i in range(concurrency)))
+    return [a for a, _ in out], [b for _, b in out]
 
 
 def metric(port: int, name: str) -> float:
@@ -227,6 +233,11 @@ def main() -> None:
     parser.add_argument("--wrk-seconds", type=int, default=10)
     parser.add_argument("--load-seconds", type=int, default=60, help="sustained load before the row count")
     parser.add_argument("--stream-counts", default="1,16,64,256")
+    parser.add_argument("--stream-rounds", type=int, default=3)
+    parser.add_argument("--stagger", type=float, default=1.0,
+                        help="seconds over which each batch of streams opens (0: all in one burst)")
+    parser.add_argument("--sections", default="sequential,throughput,streams,sustained",
+                        help="which parts to run (comma-separated)")
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test of the script)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -250,84 +261,98 @@ def main() -> None:
         home = tmp / "home"
         home.mkdir()
         gateway, gw_port = start_gateway(procs, home, stub_port)
-        ll_port = start_litellm(procs, args.litellm, stub_port, tmp)
+        sections = set(args.sections.split(","))
+        ll_port = (start_litellm(procs, args.litellm, stub_port, tmp)
+                   if sections & {"sequential", "throughput"} else None)
 
         targets = {"direct": (stub_port, "/v1/chat/completions"), "careloop": (gw_port, "/v1/chat/completions")}
         if ll_port:
             targets["litellm"] = (ll_port, "/v1/chat/completions")
 
-        print(f"\n== sequential, kept-alive, {args.requests} requests each (interleaved) ==")
-        for label, body in (("plain", BODY), ("stream", STREAM_BODY)):
-            times = sequential(targets, args.requests, body)
-            base50, base99 = pct(times["direct"], 0.5), pct(times["direct"], 0.99)
-            row: dict[str, object] = {"direct_p50_ms": base50 * 1e3, "direct_p99_ms": base99 * 1e3}
-            for name in targets:
-                if name == "direct":
-                    continue
-                add50 = (pct(times[name], 0.5) - base50) * 1e3
-                add99 = (pct(times[name], 0.99) - base99) * 1e3
-                row[f"{name}_added_p50_ms"], row[f"{name}_added_p99_ms"] = add50, add99
-                print(f"{label:6s} {name:9s} added p50 {add50:7.3f} ms   p99 {add99:7.3f} ms   "
-                      f"(direct p50 {base50 * 1e3:.3f} ms)")
+        if "sequential" in sections:
+            print(f"\n== sequential, kept-alive, {args.requests} requests each (interleaved) ==")
+            for label, body in (("plain", BODY), ("stream", STREAM_BODY)):
+                times = sequential(targets, args.requests, body)
+                base50, base99 = pct(times["direct"], 0.5), pct(times["direct"], 0.99)
+                row: dict[str, object] = {"direct_p50_ms": base50 * 1e3, "direct_p99_ms": base99 * 1e3}
+                for name in targets:
+                    if name == "direct":
+                        continue
+                    add50 = (pct(times[name], 0.5) - base50) * 1e3
+                    add99 = (pct(times[name], 0.99) - base99) * 1e3
+                    row[f"{name}_added_p50_ms"], row[f"{name}_added_p99_ms"] = add50, add99
+                    print(f"{label:6s} {name:9s} added p50 {add50:7.3f} ms   p99 {add99:7.3f} ms   "
+                          f"(direct p50 {base50 * 1e3:.3f} ms)")
+                if ll_port:
+                    ratio = float(row["litellm_added_p50_ms"]) / max(float(row["careloop_added_p50_ms"]), 1e-6)  # type: ignore[arg-type]
+                    row["litellm_over_careloop_p50"] = ratio
+                    print(f"{label:6s} LiteLLM adds {ratio:.1f}x careloop's p50")
+                results[f"sequential_{label}"] = row
+            results["gateway_overhead_histogram_mean_ms"] = (
+                metric(gw_port, "careloop_gateway_overhead_seconds_sum")
+                / max(metric(gw_port, "careloop_gateway_overhead_seconds_count"), 1) * 1e3)
+            print(f"careloop_gateway_overhead_seconds mean: {results['gateway_overhead_histogram_mean_ms']:.3f} ms")
+
+        if "throughput" in sections:
+            print(f"\n== throughput: wrk -t2 -c32 -d{args.wrk_seconds}s ==")
+            tp: dict[str, object] = {}
+            for name, (port, path) in targets.items():
+                r = wrk(port, path, args.wrk_seconds, 32, tmp)
+                tp[name] = r
+                print(f"{name:9s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
+                      f"non-2xx {r['non2xx']} {r['socket_errors']}")
             if ll_port:
-                ratio = float(row["litellm_added_p50_ms"]) / max(float(row["careloop_added_p50_ms"]), 1e-6)  # type: ignore[arg-type]
-                row["litellm_over_careloop_p50"] = ratio
-                print(f"{label:6s} LiteLLM adds {ratio:.1f}x careloop's p50")
-            results[f"sequential_{label}"] = row
-        results["gateway_overhead_histogram_mean_ms"] = (
-            metric(gw_port, "careloop_gateway_overhead_seconds_sum")
-            / max(metric(gw_port, "careloop_gateway_overhead_seconds_count"), 1) * 1e3)
-        print(f"careloop_gateway_overhead_seconds mean: {results['gateway_overhead_histogram_mean_ms']:.3f} ms")
+                ratio = tp["careloop"]["rps"] / max(tp["litellm"]["rps"], 1e-6)  # type: ignore[index]
+                tp["careloop_over_litellm"] = ratio
+                print(f"careloop serves {ratio:.1f}x LiteLLM's requests/s")
+            results["throughput_c32"] = tp
 
-        print(f"\n== throughput: wrk -t2 -c32 -d{args.wrk_seconds}s ==")
-        tp: dict[str, object] = {}
-        for name, (port, path) in targets.items():
-            r = wrk(port, path, args.wrk_seconds, 32, tmp)
-            tp[name] = r
-            print(f"{name:9s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
-                  f"non-2xx {r['non2xx']} {r['socket_errors']}")
-        if ll_port:
-            ratio = tp["careloop"]["rps"] / max(tp["litellm"]["rps"], 1e-6)  # type: ignore[index]
-            tp["careloop_over_litellm"] = ratio
-            print(f"careloop serves {ratio:.1f}x LiteLLM's requests/s")
-        results["throughput_c32"] = tp
+        if "streams" in sections:
+            print("\n== concurrent slow streams (20 chunks 50 ms apart, ~1.0 s each), "
+                  f"opened over {args.stagger} s ==")
+            # A gateway on the slow stub for this part.
+            home2 = tmp / "home-slow"
+            home2.mkdir()
+            slow_gw, slow_gw_port = start_gateway(procs, home2, slow_port)
+            st: dict[str, object] = {}
+            asyncio.run(streams(slow_gw_port, "/v1/chat/completions", 8))  # warm the gateway's pool
+            for count in [int(c) for c in args.stream_counts.split(",")]:
+                # Alternate direct and via the gateway; the median over rounds damps the machine's noise.
+                adds_first, adds_total, direct_total = [], [], []
+                for _ in range(args.stream_rounds):
+                    d_first, d_total = asyncio.run(streams(slow_port, CHAT, count, args.stagger))
+                    v_first, v_total = asyncio.run(streams(slow_gw_port, CHAT, count, args.stagger))
+                    adds_first.append((statistics.mean(v_first) - statistics.mean(d_first)) * 1e3)
+                    adds_total.append((statistics.mean(v_total) - statistics.mean(d_total)) * 1e3)
+                    direct_total.append(statistics.mean(d_total))
+                first, total = statistics.median(adds_first), statistics.median(adds_total)
+                st[str(count)] = {"direct_mean_s": statistics.median(direct_total), "added_first_chunk_ms": first,
+                                  "added_total_ms": total, "rounds_added_total_ms": adds_total}
+                print(f"{count:4d} streams: direct {statistics.median(direct_total):.3f} s; careloop adds "
+                      f"{first:6.2f} ms to the first chunk, {total:6.2f} ms to the whole stream "
+                      f"(median of {args.stream_rounds} rounds)")
+            procs.stop(slow_gw)
+            results["slow_streams"] = st
+            st_rows = row_count(home2)
+            print(f"slow-stream exchanges logged: {st_rows}")
 
-        print("\n== concurrent slow streams (20 chunks, 50 ms apart: 1.0 s each direct) ==")
-        # A gateway on the slow stub for this part.
-        home2 = tmp / "home-slow"
-        home2.mkdir()
-        slow_gw, slow_gw_port = start_gateway(procs, home2, slow_port)
-        st: dict[str, object] = {}
-        for count in [int(c) for c in args.stream_counts.split(",")]:
-            direct = asyncio.run(streams(slow_port, "/v1/chat/completions", count))
-            via = asyncio.run(streams(slow_gw_port, "/v1/chat/completions", count))
-            added = (statistics.mean(via) - statistics.mean(direct)) * 1e3
-            added_p99 = (pct(via, 0.99) - pct(direct, 0.99)) * 1e3
-            st[str(count)] = {"direct_mean_s": statistics.mean(direct), "careloop_mean_s": statistics.mean(via),
-                              "added_mean_ms": added, "added_p99_ms": added_p99}
-            print(f"{count:4d} streams: direct {statistics.mean(direct):.3f} s  careloop "
-                  f"{statistics.mean(via):.3f} s  added mean {added:6.2f} ms  p99 {added_p99:6.2f} ms")
-        procs.stop(slow_gw)
-        results["slow_streams"] = st
-        st_rows = row_count(home2)
-        print(f"slow-stream exchanges logged: {st_rows}")
-
-        print(f"\n== sustained load {args.load_seconds} s (wrk -c32), then graceful stop and row count ==")
-        before = metric(gw_port, "careloop_requests_total")
-        load = wrk(gw_port, "/v1/chat/completions", args.load_seconds, 32, tmp)
-        time.sleep(1.0)  # requests in flight when wrk stopped finish and are counted
-        counted = metric(gw_port, "careloop_requests_total") - before
-        dropped = metric(gw_port, "careloop_traffic_log_dropped_total")
-        procs.stop(gateway)  # SIGTERM: uvicorn finishes in-flight requests, the log drains
-        rows = row_count(home)
-        seq_requests = 2 * (args.requests + max(50, args.requests // 10))
-        expected = int(before) + int(counted)
-        missing = expected - rows
-        print(f"wrk: {load['requests']} requests ({load['rps']:.0f} req/s, non-2xx {load['non2xx']}); "
-              f"gateway counted {int(counted)} in the load, {expected} in all (sequential part: {seq_requests}); "
-              f"rows in the store {rows}; missing {missing}; dropped {int(dropped)}")
-        results["sustained"] = {"wrk": load, "gateway_counted": expected, "rows": rows, "missing": missing,
-                                "dropped": dropped}
+        if "sustained" in sections:
+            print(f"\n== sustained load {args.load_seconds} s (wrk -c32), then graceful stop and row count ==")
+            before = metric(gw_port, "careloop_requests_total")
+            load = wrk(gw_port, "/v1/chat/completions", args.load_seconds, 32, tmp)
+            time.sleep(1.0)  # requests in flight when wrk stopped finish and are counted
+            counted = metric(gw_port, "careloop_requests_total") - before
+            dropped = metric(gw_port, "careloop_traffic_log_dropped_total")
+            procs.stop(gateway)  # SIGTERM: uvicorn finishes in-flight requests, the log drains
+            rows = row_count(home)
+            seq_requests = 2 * (args.requests + max(50, args.requests // 10))
+            expected = int(before) + int(counted)
+            missing = expected - rows
+            print(f"wrk: {load['requests']} requests ({load['rps']:.0f} req/s, non-2xx {load['non2xx']}); "
+                  f"gateway counted {int(counted)} in the load, {expected} in all (sequential part: {seq_requests}); "
+                  f"rows in the store {rows}; missing {missing}; dropped {int(dropped)}")
+            results["sustained"] = {"wrk": load, "gateway_counted": expected, "rows": rows, "missing": missing,
+                                    "dropped": dropped}
     finally:
         procs.stop_all()
     results["load_average_end"] = os.getloadavg()[0]

@@ -235,11 +235,15 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
                         upstream_wait += time.perf_counter() - t_up
                         chunks.append(chunk)
                         if strip_usage:
-                            pending += chunk
-                            cut = pending.rfind(b"\n\n")
-                            if cut < 0:
-                                continue
-                            out, pending = _strip_usage_events(pending[:cut + 2]), pending[cut + 2:]
+                            if pending:
+                                chunk, pending = pending + chunk, b""
+                            if not chunk.endswith(b"\n\n"):  # forward whole events only
+                                cut = chunk.rfind(b"\n\n")
+                                if cut < 0:
+                                    pending = chunk
+                                    continue
+                                chunk, pending = chunk[:cut + 2], chunk[cut + 2:]
+                            out = _strip_usage_events(chunk)
                         else:
                             out = chunk
                         if out:
