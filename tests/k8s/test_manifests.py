@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from service.settings import Settings
+from tests.k8s.kustomize_lite import build
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -26,12 +27,13 @@ CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/
 CARELOOP_COMPONENTS = {"gateway", "monitor", "retrain"}
 
 
-def _kustomize_cmd() -> list[str]:
+def _kustomize_cmd() -> list[str] | None:
+    """The real kustomize (standalone or kubectl's), or None: then tests/k8s/kustomize_lite.py renders."""
     if shutil.which("kustomize"):
         return ["kustomize", "build"]
     if shutil.which("kubectl"):
         return ["kubectl", "kustomize"]
-    pytest.skip("neither kustomize nor kubectl is installed")
+    return None
 
 
 def _tree(tmp: Path) -> Path:
@@ -57,9 +59,13 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
     """Each overlay rendered by kustomize, as a list of objects."""
     tree = _tree(tmp_path_factory.mktemp("k8s"))
     out: dict[str, list[dict[str, Any]]] = {}
+    cmd = _kustomize_cmd()
     for overlay in OVERLAYS:
-        proc = subprocess.run([*_kustomize_cmd(), str(tree / "overlays" / overlay)], capture_output=True,
-                              text=True, timeout=120)
+        if cmd is None:
+            out[overlay] = build(tree / "overlays" / overlay)
+            continue
+        proc = subprocess.run([*cmd, str(tree / "overlays" / overlay)], capture_output=True, text=True,
+                              timeout=120)
         assert proc.returncode == 0, proc.stderr
         out[overlay] = [d for d in yaml.safe_load_all(proc.stdout) if d]
     return out
