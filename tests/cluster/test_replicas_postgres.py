@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from monitor.judges.base import JudgeInput, JudgeResult
 from monitor.launcher import LaunchState, RetrainSupervisor
@@ -124,7 +125,8 @@ def test_two_gateways_and_two_judge_workers_lose_nothing_and_judge_once(
 
     engine = make_engine(store)
     with engine.connect() as conn:
-        rows = [tuple(r) for r in conn.execute(select(Exchange.id, Exchange.request_messages, Exchange.sampled))]
+        rows = [tuple(r) for r in conn.execute(select(col(Exchange.id), col(Exchange.request_messages),
+                                                           col(Exchange.sampled)))]
     stored = Counter(m for _, msgs, _ in rows for m in markers if m in str(msgs))
     assert stored == Counter(markers), "every exchange stored exactly once"
     assert all(sampled for _, _, sampled in rows)
@@ -142,9 +144,9 @@ def test_two_gateways_and_two_judge_workers_lose_nothing_and_judge_once(
     ids = {row[0] for row in rows}
     assert set(seen) == ids and set(seen.values()) == {1}, "each exchange graded once"
     with engine.connect() as conn:
-        per_exchange = Counter(conn.execute(select(Verdict.exchange_id)).scalars())
-        states = Counter(conn.execute(select(Exchange.judge_state)).scalars())
-        claimers = set(conn.execute(select(Exchange.claimed_by)).scalars())
+        per_exchange = Counter(conn.execute(select(col(Verdict.exchange_id))).scalars())
+        states = Counter(conn.execute(select(col(Exchange.judge_state))).scalars())
+        claimers = set(conn.execute(select(col(Exchange.claimed_by))).scalars())
     assert set(per_exchange) == ids and set(per_exchange.values()) == {1}
     assert states == Counter({"done": N_REQUESTS})
     assert claimers == {w.worker_id for w in workers}, "both workers took a share"

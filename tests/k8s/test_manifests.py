@@ -214,8 +214,9 @@ def test_monitor_is_a_single_leader_that_launches_the_job_template(
     spec = mon["spec"]["template"]["spec"]
     c = container(spec, "monitor")
     cfg = config(objs)
-    settings = Settings(monitor={"retrain_backend": cfg["CARELOOP_MONITOR__RETRAIN_BACKEND"],
-                                 "kubernetes_job_template": cfg["CARELOOP_MONITOR__KUBERNETES_JOB_TEMPLATE"]})
+    settings = Settings.model_validate({"monitor": {
+        "retrain_backend": cfg["CARELOOP_MONITOR__RETRAIN_BACKEND"],
+        "kubernetes_job_template": cfg["CARELOOP_MONITOR__KUBERNETES_JOB_TEMPLATE"]}})
     assert settings.monitor.retrain_backend == "kubernetes"
     template_path = Path(str(settings.monitor.kubernetes_job_template))
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == str(template_path.parent))
@@ -242,7 +243,7 @@ def test_retrain_job_runs_accelerate_with_a_config_matching_its_gpus(
     spec = job["spec"]["template"]["spec"]
     c = container(spec, "retrain")
     env = env_of(c)
-    settings = Settings(retrain={"accelerate_config": env["CARELOOP_RETRAIN__ACCELERATE_CONFIG"]})
+    settings = Settings.model_validate({"retrain": {"accelerate_config": env["CARELOOP_RETRAIN__ACCELERATE_CONFIG"]}})
     cfg_path = Path(str(settings.retrain.accelerate_config))
     cmd = c["command"]
     i = cmd.index("accelerate")
