@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,7 +28,7 @@ from service.sampling import Sampler
 from service.settings import Settings
 from service.store import init_db, make_engine
 from service.traffic_log import TrafficLog
-from service.vllm_admin import reconcile
+from service.vllm_admin import RegistryView, read_registry, reconcile
 
 log = logging.getLogger("careloop.gateway")
 
@@ -53,6 +54,7 @@ class Gateway:
         self.last_reconcile_error: str | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._reconcile_lock = asyncio.Lock()
+        self._last_view: RegistryView | None = None
         self.started_at = time.time()
         self._dispatch = {
             ("POST", "/v1/chat/completions"): chat_completions,
@@ -145,14 +147,15 @@ class Gateway:
         assert session is not None
         async with self._reconcile_lock:
             try:
-                routes = await reconcile(session, self.engine, self.upstreams.urls, self.settings.base_model,
+                view = await self._registry_view()
+                routes = await reconcile(session, view, self.upstreams.urls, self.settings.base_model,
                                          previous=self.routes if self.routes.known else None,
                                          api_key=self.settings.upstream_api_key,
                                          default_canary_fraction=self.settings.gateway.canary_fraction)
             except Exception as exc:
                 self.last_reconcile_error = str(exc)
                 raise
-            self.upstreams.healthy = [u for u in self.upstreams.urls if u in routes.loaded]
+            self.upstreams.healthy = list(routes.replicas)
             if routes != self.routes:
                 log.info("routes: stable=%s canary=%s (%.0f%%)", routes.stable, routes.canary,
                          routes.canary_fraction * 100)
@@ -161,6 +164,29 @@ class Gateway:
             self.last_reconcile_error = None
             self.metrics.set_routes(routes.targets(), routes.canary_fraction if routes.canary else 0.0)
             return routes
+
+    @property
+    def _view_cache(self) -> Path:
+        return self.settings.spool_dir / "registry-view.json"
+
+    async def _registry_view(self) -> RegistryView:
+        """The registry's view; while the store is down, the last one read (kept on disk across restarts)."""
+        try:
+            view = await asyncio.to_thread(read_registry, self.engine)
+        except Exception as exc:
+            if self._last_view is None and self._view_cache.exists():
+                self._last_view = RegistryView.from_json(self._view_cache.read_bytes())
+            if self._last_view is None:
+                raise
+            log.warning("store unreachable (%s); routing by the registry as last read", exc)
+            return self._last_view
+        if view != self._last_view:
+            self._last_view = view
+            with contextlib.suppress(OSError):
+                tmp = self._view_cache.with_suffix(".tmp")
+                tmp.write_bytes(view.to_json())
+                tmp.replace(self._view_cache)
+        return view
 
     async def _refresh_loop(self) -> None:
         while True:

@@ -33,7 +33,7 @@ _USAGE_MARKERS = (b'"choices":[]', b'"choices": []')
 
 
 class Upstreams:
-    """The shared aiohttp client and the vLLM replicas it balances over (round robin, healthy first)."""
+    """The shared aiohttp client and the vLLM replicas it balances over (round robin over serving ones)."""
 
     def __init__(self, urls: list[str], connect_timeout_s: float, read_timeout_s: float, pool_size: int,
                  api_key: str | None = None) -> None:
@@ -61,13 +61,15 @@ class Upstreams:
             await self.session.close()
 
     def order(self) -> list[str]:
-        """Replicas to try for one request: the next healthy one first, then the rest."""
+        """Replicas to try for one request, round robin over the serving ones (all, if none is known yet).
+
+        Only serving replicas are tried: they are the ones known to hold the adapters requests route to.
+        """
         pool = self.healthy or self.urls
         if len(pool) == 1:
-            return pool if len(self.urls) == 1 else pool + [u for u in self.urls if u not in pool]
+            return pool
         i = next(self._rr) % len(pool)
-        first = pool[i:] + pool[:i]
-        return first + [u for u in self.urls if u not in first]
+        return pool[i:] + pool[:i]
 
 
 def new_exchange_id() -> str:

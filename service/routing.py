@@ -17,6 +17,7 @@ class Routes:
     canary_fraction: float = 0.0
     known: bool = False  # False until the registry and upstream have been read once
     loaded: dict[str, list[str]] = field(default_factory=dict)  # replica → adapters loaded there
+    replicas: tuple[str, ...] = ()  # the replicas requests may go to (reached, holding the stable target)
 
     def targets(self) -> list[tuple[str, str]]:
         """(model name, role) of every live target."""

@@ -22,6 +22,7 @@ class FakeUpstream:
     requests: list[dict[str, Any]] = field(default_factory=list)
     admin_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     loaded: set[str] = field(default_factory=set)
+    refuse_loads: set[str] = field(default_factory=set)  # adapter names this replica fails to load
     base_model: str = "smollm2-135m"
     port: int = 0
     runner: web.AppRunner | None = None
@@ -57,6 +58,8 @@ class FakeUpstream:
     async def _load(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.admin_calls.append(("load", body))
+        if body["lora_name"] in self.refuse_loads:
+            return web.Response(status=400, text="Invalid LoRA adapter path")
         if body["lora_name"] in self.loaded:
             return web.Response(status=400, text=f"The lora adapter '{body['lora_name']}' has already been loaded.")
         self.loaded.add(body["lora_name"])

@@ -144,3 +144,22 @@ async def test_retrain_request_is_recorded_once(gw_settings: Settings, client: a
             assert run is not None and run.status == "requested"
             event = session.exec(select(TriggerEvent)).one()
         assert event.retrain_run_id == run.id and event.kind == "manual" and "drift seen" in event.decision
+
+
+async def test_store_down_keeps_routing_by_the_last_registry_view(gw_settings: Settings, fake: FakeUpstream,
+                                                                  client: aiohttp.ClientSession) -> None:
+    from tests.conftest import free_port
+
+    v1 = "smollm2-135m-safety-v1"
+    engine = make_engine(gw_settings.database_url or "")
+    registry.promote(engine, v1)
+    engine.dispose()
+    async with running_gateway(gw_settings) as (gw, url):
+        assert gw.routes.stable == v1
+    # Restart with the store unreachable: the cached view still routes to v1 and requests still get served.
+    gw_settings.database_url = f"postgresql://careloop@127.0.0.1:{free_port()}/gone"
+    async with running_gateway(gw_settings) as (gw, url):
+        assert gw.routes.stable == v1 and gw.routes.known
+        assert await _chat(client, url) == 200
+        assert fake.requests[-1]["model"] == v1
+    assert list(gw_settings.spool_dir.glob("exchanges-*.jsonl"))  # the exchange waits in the spool
