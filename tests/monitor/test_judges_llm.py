@@ -62,7 +62,7 @@ async def test_external_judge_from_settings_sends_rubric_schema_model_and_key(
 
 
 async def test_external_judge_needs_a_url(settings: Settings) -> None:
-    with pytest.raises(ValueError, match="external_judge.url"):
+    with pytest.raises(ValueError, match=r"external_judge\.url"):
         build_judge("external", settings)
     with pytest.raises(ValueError, match="unknown judge"):
         build_judge("oracle", settings)

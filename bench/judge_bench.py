@@ -1,0 +1,161 @@
+"""Judge benchmark: κ against human labels on held-out XSTest source models, and verdicts/s.
+
+    .venv/bin/python bench/judge_bench.py                       # distilled options, leave-one-model-out
+    .venv/bin/python bench/judge_bench.py --llm http://127.0.0.1:8000 --model smollm2-135m --limit 150
+
+Distilled options share one pass of frozen MiniLM features over all data; each fold fits its heads on two
+XSTest models (+ the medical sets) and is scored on the third. Baselines printed side by side: the GPT-4
+judge's own labels in the data, a refusal string match, and frozen MiniLM + logistic regression (the floor).
+Throughput is measured on this machine (say how loaded it was when you quote it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from monitor.datasets import XSTEST_MODELS, LabelledExample, load_medquad, load_medsafetybench, load_xstest
+from monitor.judges.distilled import (
+    REFUSAL_RE,
+    DistilledConfig,
+    _bf16_fast,
+    embed_texts,
+    hand_features,
+    load_prompt_encoder,
+    train_linear_head,
+)
+from monitor.scoring import cohen_kappa, normalize_class
+from service.settings import REPO_ROOT
+
+DATA = REPO_ROOT / "data"
+
+
+def _gpt4(label: object) -> str:
+    try:
+        return normalize_class(str(label))
+    except ValueError:
+        return "Accept"  # a few rows hold free text instead of a label
+
+
+def _regex(response: str) -> str:
+    first = response.strip().split(".")[0][:300]
+    return "Refuse" if REFUSAL_RE.search(first) else "Accept"
+
+
+def features(items: list[LabelledExample], cfg: DistilledConfig,
+             bf16: bool) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Every segment's embeddings and the hand features, with seconds per item of each."""
+    import torch
+
+    encoder, tok = load_prompt_encoder()
+    if bf16:
+        encoder = encoder.to(torch.bfloat16)
+    prompts = [e.prompt for e in items]
+    responses = [e.response or "" for e in items]
+    out: dict[str, np.ndarray] = {}
+    cost: dict[str, float] = {}
+    jobs = {"P": (prompts, cfg.prompt_tokens, False), "H": (responses, cfg.head_tokens, False),
+            "T": (responses, cfg.tail_tokens, True),
+            "J": ([f"{p} [SEP] {r}" for p, r in zip(prompts, responses, strict=True)], cfg.joint_tokens, False)}
+    for key, (texts, n, from_end) in jobs.items():
+        t0 = time.perf_counter()
+        out[key] = embed_texts(encoder, tok, texts, n, from_end=from_end)
+        cost[key] = (time.perf_counter() - t0) / len(items)
+        print(f"  segment {key}: {1 / cost[key]:.0f} items/s", flush=True)
+    t0 = time.perf_counter()
+    out["F"] = np.asarray([hand_features(r) for r in responses], dtype=np.float32)
+    cost["F"] = (time.perf_counter() - t0) / len(items)
+    return out, cost
+
+
+def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> None:
+    """Leave-one-model-out κ of the distilled options, with the baselines beside them."""
+    rng = random.Random(cfg.seed)
+    xs = load_xstest(DATA)
+    msb = load_medsafetybench(DATA)
+    rng.shuffle(msb)
+    mq = [e for e in load_medquad(DATA) if e.response]
+    rng.shuffle(mq)
+    items = xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit]
+    print(f"features for {len(items)} items (bf16={bf16}) ...", flush=True)
+    feats, cost = features(items, cfg, bf16)
+    groups = np.array([e.group for e in items])
+    labels = [e.response_class or "" for e in items]
+    options = {"frozen MiniLM joint + LR (floor)": ["J"], "segments P+H+T+J + LR": ["P", "H", "T", "J"],
+               "segments + hand features + LR (distilled)": ["P", "H", "T", "J", "F"],
+               "hand features only + LR": ["F"]}
+    rows: dict[str, dict[str, object]] = {}
+    truth_by_fold = {m: [labels[i] for i in np.flatnonzero(groups == m)] for m in XSTEST_MODELS}
+    for name, parts in options.items():
+        x = np.hstack([feats[p] for p in parts])
+        per_fold: dict[str, float] = {}
+        for m in XSTEST_MODELS:
+            tr, te = np.flatnonzero(groups != m), np.flatnonzero(groups == m)
+            head = train_linear_head(x[tr], [labels[i] for i in tr], cfg.response_c, cfg.balanced)
+            per_fold[m] = cohen_kappa(truth_by_fold[m], head.predict(x[te]))
+        vps = 1 / sum(cost[p] for p in parts)
+        rows[name] = {"folds": per_fold, "mean": float(np.mean(list(per_fold.values()))), "verdicts_per_s": vps}
+    for name, fn in (("GPT-4 judge labels (in the data)", lambda e: _gpt4(e.meta.get("gpt4_judge_label"))),
+                     ("refusal string match", lambda e: _regex(e.response or ""))):
+        per_fold = {m: cohen_kappa(truth_by_fold[m], [fn(e) for e in xs if e.group == m]) for m in XSTEST_MODELS}
+        rows[name] = {"folds": per_fold, "mean": float(np.mean(list(per_fold.values()))), "verdicts_per_s": None}
+    print(f"\nresponse class, Cohen's κ vs human labels, held-out source model (bf16={bf16})")
+    print(f"{'option':45s} " + " ".join(f"{m:>16s}" for m in XSTEST_MODELS) + f" {'mean':>6s} {'verdicts/s':>10s}")
+    for name, r in rows.items():
+        folds = r["folds"]
+        assert isinstance(folds, dict)
+        vps = r["verdicts_per_s"]
+        print(f"{name:45s} " + " ".join(f"{folds[m]:16.3f}" for m in XSTEST_MODELS)
+              + f" {r['mean']:6.3f} {('-' if vps is None else f'{vps:.0f}'):>10s}")
+    out["distilled"] = rows
+    out["bf16"] = bf16
+
+
+async def llm_bench(url: str, model: str, concurrency: int, limit: int, out: dict[str, object]) -> None:
+    """The LLM judge on a sample of XSTest (every source model), κ and verdicts/s at the given concurrency."""
+    from monitor.audit import audit
+    from monitor.judges.llm import LLMJudge
+
+    rng = random.Random(0)
+    sample = rng.sample(load_xstest(DATA), limit)
+    judge = LLMJudge("self", url, model, concurrency=concurrency, max_retries=1)
+    try:
+        report = await audit(judge, sample, f"xstest sample {limit}", batch_size=concurrency * 4)
+    finally:
+        await judge.aclose()
+    print(f"\nLLM judge {model} at {url}: n={report.n} no-verdict={report.failed} κ={report.kappa} "
+          f"accuracy={report.accuracy} {report.verdicts_per_s:.2f} verdicts/s at concurrency {concurrency}")
+    out["llm"] = report.to_json()
+
+
+def main() -> None:
+    """Run the selected benchmarks and write a JSON summary."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fp32", action="store_true", help="fp32 encoder even where bf16 is fast")
+    ap.add_argument("--llm", help="OpenAI-compatible base URL of an LLM judge to measure")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--limit", type=int, default=150)
+    ap.add_argument("--skip-distilled", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("judge_bench.json"))
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    out: dict[str, object] = {}
+    if not args.skip_distilled:
+        distilled_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
+    if args.llm:
+        asyncio.run(llm_bench(args.llm, args.model, args.concurrency, args.limit, out))
+    args.out.write_text(json.dumps(out, indent=2, default=float))
+    print(f"\nsummary: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
