@@ -1,9 +1,9 @@
-"""Recipe experiments: train one KTO(→DPO) configuration on the seed mix, measure it on held-out prompts via vLLM.
+"""Recipe experiments: train one KTO configuration on the seed mix, measure it on held-out prompts via vLLM.
 
-    .venv/bin/python bench/recipe.py --name kto-lr2e-4 --kto-lr 2e-4 [--dpo] [--base-only]
+    .venv/bin/python bench/recipe.py --name kto-lr2e-4 --kto-lr 2e-4 [--max-steps N] [--base-only]
 
 Prints one JSON line of figures (refusal rates per held-out group, looping replies, wall time) and appends it
-to bench/results/recipe.jsonl. Held-out prompts come from retrain.heldout (split by source; XSTest only
+to $CARELOOP_HOME/bench/recipe.jsonl. Held-out prompts come from retrain.heldout (split by source; XSTest only
 evaluated). Replies are graded with the string-match classifier (retrain.heuristic) so experiments do not
 depend on a judge; the run itself uses the reference judge.
 """
@@ -77,8 +77,6 @@ def main() -> None:
     ap.add_argument("--model-dir", default="/tmp/clhome/models/SmolLM2-135M-Instruct")
     ap.add_argument("--served", default="smollm2-135m")
     ap.add_argument("--kto-lr", type=float, default=2e-4)
-    ap.add_argument("--dpo-lr", type=float, default=5e-6)
-    ap.add_argument("--dpo", action="store_true")
     ap.add_argument("--n-harmful", type=int, default=80)
     ap.add_argument("--n-benign", type=int, default=80)
     ap.add_argument("--no-borderline", action="store_true")
@@ -118,7 +116,7 @@ def main() -> None:
                                          seed_benign=args.n_benign, borderline=borderline,
                                          max_completion_words=args.max_words)
         result["kto_counts"] = report.kto
-        rs = RetrainSettings(kto_learning_rate=args.kto_lr, dpo_learning_rate=args.dpo_lr, lora_r=args.lora_r,
+        rs = RetrainSettings(kto_learning_rate=args.kto_lr, lora_r=args.lora_r,
                              lora_alpha=2 * args.lora_r, lora_target_modules=args.targets.split(","),
                              max_length=args.max_length, batch_size=args.batch, kto_beta=args.beta,
                              torch_threads=args.threads)
@@ -141,8 +139,8 @@ def main() -> None:
     result["wall_s"] = round(time.monotonic() - t_start, 1)
     line = json.dumps(result)
     print(line)
-    res = Path(__file__).resolve().parent / "results"
-    res.mkdir(exist_ok=True)
+    res = settings.home / "bench"
+    res.mkdir(parents=True, exist_ok=True)
     with (res / "recipe.jsonl").open("a") as fh:
         fh.write(line + "\n")
 
