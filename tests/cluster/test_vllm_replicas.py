@@ -11,14 +11,17 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy.engine import Engine
 
 from service.registry import promote, register_adapter, start_canary
+from service.routing import Routes
 from service.settings import Settings
 from service.store import init_db, make_engine
-from service.vllm_admin import loaded_models, reconcile, unload_adapter
+from service.vllm_admin import loaded_models, unload_adapter
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -108,6 +111,25 @@ def adapters(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
+async def _reconcile(session: aiohttp.ClientSession, engine: Engine, upstreams: list[str],
+                     previous: Routes | None = None) -> Routes:
+    """One reconcile step of a gateway: read the registry, bring the replicas in line, get the routes."""
+    import service.vllm_admin as admin
+
+    registry: Any = admin.read_registry(engine) if hasattr(admin, "read_registry") else engine
+    return await admin.reconcile(session, registry, upstreams, BASE, previous=previous)
+
+
+def _assert_routed_only_where_loaded(routes: Routes, upstreams: list[str]) -> list[str]:
+    """Every adapter that takes traffic is loaded on every replica traffic may go to; returns those replicas."""
+    serving = list(getattr(routes, "replicas", ()) or upstreams)
+    assert serving
+    for name in (routes.stable_adapter, routes.canary):
+        for url in serving if name else []:
+            assert name in routes.loaded.get(url, []), f"{name} routed but not loaded on {url}"
+    return serving
+
+
 async def _chat(session: aiohttp.ClientSession, url: str, model: str) -> int:
     async with session.post(f"{url}/v1/chat/completions", json={
         "model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "Hello"}],
@@ -131,18 +153,21 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
     unreachable = f"http://127.0.0.1:{free_port()}"
 
     async with aiohttp.ClientSession() as session:
-        # A replica that cannot take the adapters yet: nothing new is routed, the base model keeps serving.
-        routes = await reconcile(session, engine, [*urls, unreachable], BASE)
-        assert routes.stable == BASE and routes.canary is None
+        # A replica that cannot be reached: it gets no traffic, and no adapter is routed anywhere it is missing.
+        routes = await _reconcile(session, engine, [*urls, unreachable])
+        assert unreachable not in routes.loaded
+        serving = _assert_routed_only_where_loaded(routes, [*urls, unreachable])
+        assert unreachable not in serving or (routes.stable_adapter, routes.canary) == (None, None)
 
         # All replicas reachable, two gateway replicas reconciling at the same moment: both adapters end up
         # loaded on every vLLM replica, and only then are they routed (by both gateways).
-        both = await asyncio.gather(*(reconcile(session, engine, urls, BASE, previous=routes) for _ in range(2)))
+        both = await asyncio.gather(*(_reconcile(session, engine, urls, previous=routes) for _ in range(2)))
         assert {(r.stable, r.canary) for r in both} == {(v1, v2)}
         routes = both[0]
+        assert sorted(_assert_routed_only_where_loaded(routes, urls)) == sorted(urls)
         for url in urls:
             assert {v1, v2} <= set(await loaded_models(session, url))
-            assert routes.loaded[url] == sorted([v1, v2])
+            assert {v1, v2} <= set(routes.loaded[url])  # the shared server may hold others' adapters too
             for model in (v1, v2):
                 assert await _chat(session, url, model) == 200
 
@@ -154,8 +179,9 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
         assert v1 not in fresh and v2 not in fresh
         assert await _chat(session, urls[1], v2) != 200
         # ... and the next reconcile gives it the current stable and canary adapters again.
-        routes = await reconcile(session, engine, urls, BASE, previous=routes)
+        routes = await _reconcile(session, engine, urls, previous=routes)
         assert (routes.stable, routes.canary) == (v1, v2)
+        assert sorted(_assert_routed_only_where_loaded(routes, urls)) == sorted(urls)
         assert {v1, v2} <= set(await loaded_models(session, urls[1]))
         assert await _chat(session, urls[1], v2) == 200
         for name in (v1, v2):  # leave the shared server as we found it
