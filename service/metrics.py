@@ -40,6 +40,7 @@ class GatewayMetrics:
         self.canary_fraction = Gauge("careloop_canary_traffic_fraction",
                                      "Share of users routed to the canary (0 when none is live).", registry=r)
         self._request_children: dict[tuple[str, int], Counter] = {}
+        self._upstream_children: dict[str, Histogram] = {}
 
     def count_request(self, adapter: str, code: int) -> None:
         """Count one request (children cached: this runs on the hot path)."""
@@ -48,6 +49,13 @@ class GatewayMetrics:
         if child is None:
             child = self._request_children[key] = self.requests.labels(adapter, str(code))
         child.inc()
+
+    def observe_upstream(self, adapter: str, seconds: float) -> None:
+        """Record time spent waiting on vLLM for one request (children cached)."""
+        child = self._upstream_children.get(adapter)
+        if child is None:
+            child = self._upstream_children[adapter] = self.upstream_latency.labels(adapter)
+        child.observe(seconds)
 
     def set_routes(self, targets: list[tuple[str, str]], canary_fraction: float) -> None:
         """Publish the live targets and the canary share."""

@@ -276,7 +276,7 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     total = time.perf_counter() - t0
     metrics = gw.metrics
     metrics.overhead.observe(max(total - upstream_wait, 0.0))
-    metrics.upstream_latency.labels(choice.target).observe(upstream_wait)
+    metrics.observe_upstream(choice.target, upstream_wait)
     metrics.count_request(choice.target, status)
     gw.traffic_log.submit(Record(exchange_id, created, public_model, choice.target, choice.role, choice.user_key,
                                  req, response, status, stream, sampled, total * 1000.0, error))
