@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,10 +15,16 @@ console = Console(stderr=True)
 adapters_app = typer.Typer(help="The adapter registry: list, promote, roll back.", no_args_is_help=True)
 
 
-def _settings() -> object:
+def _engine() -> Any:
+    """The store of the current settings, its tables created when missing (a fresh CARELOOP_HOME)."""
     from service.settings import load_settings
+    from service.store import init_db, make_engine
 
-    return load_settings()
+    settings = load_settings()
+    settings.ensure_dirs()
+    engine = make_engine(settings.database_url or "")
+    init_db(engine)
+    return engine
 
 
 def retrain(
@@ -95,9 +101,8 @@ def evaluate(
     kw = {"alpha": settings.monitor.alpha, "max_tokens": mt, "api_key": settings.upstream_api_key}
     if adapter:
         from service.registry import get_adapter
-        from service.store import make_engine
 
-        row = get_adapter(make_engine(settings.database_url or ""), adapter)
+        row = get_adapter(_engine(), adapter)
         if row is None:
             console.print(f"[red]error:[/] no adapter named {adapter!r}")
             raise typer.Exit(2)
@@ -131,11 +136,8 @@ def evaluate(
 def adapters_list() -> None:
     """Every adapter version: status, canary share, validation figures."""
     from service.registry import list_adapters
-    from service.settings import load_settings
-    from service.store import make_engine
 
-    settings = load_settings()
-    rows = list_adapters(make_engine(settings.database_url or ""))
+    rows = list_adapters(_engine())
     table = Table(title="adapters")
     for col in ("name", "status", "canary", "parent", "run", "SS", "ERR", "Overall", "created"):
         table.add_column(col)
@@ -158,12 +160,9 @@ def adapters_promote(
 ) -> None:
     """Make an adapter stable now (the gateway switches within one refresh)."""
     from service.registry import RegistryError, promote
-    from service.settings import load_settings
-    from service.store import make_engine
 
-    settings = load_settings()
     try:
-        promote(make_engine(settings.database_url or ""), name, actor="operator", reason=reason)
+        promote(_engine(), name, actor="operator", reason=reason)
     except RegistryError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -176,11 +175,8 @@ def adapters_rollback(
 ) -> None:
     """Roll back the canary, or with none the stable adapter to the previous one (or the base model)."""
     from service.registry import rollback
-    from service.settings import load_settings
-    from service.store import make_engine
 
-    settings = load_settings()
-    name = rollback(make_engine(settings.database_url or ""), actor="operator", reason=reason)
+    name = rollback(_engine(), actor="operator", reason=reason)
     if name is None:
         console.print("nothing to roll back: the base model serves")
         raise typer.Exit(1)
