@@ -385,6 +385,7 @@ def run_retrain(settings: Settings, *, run_id: int | None = None, cycles: int | 
         say(f"run {rid} failed: {error}")
         raise
     finally:
+        _unload_policies(settings, rid, report.cycles)
         report.wall_s = round(time.monotonic() - t0, 1)
         report.outcome = outcome if status == "succeeded" else "failed"
         (run_dir / "report.json").write_text(json.dumps(report.as_dict(), indent=2, default=str))
@@ -504,7 +505,6 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
         if gains.update(ev.overall, rejected is not None):
             report.stop_reason = f"no gain for {gains.flat} cycles"
             break
-    _unload_policies(settings, rid, len(report.cycles))
     report.stop_reason = report.stop_reason or f"{len(report.cycles)} cycles done"
     for a in rs.alphas_report:
         report.selection_by_alpha[str(a)] = select_checkpoint(report.cycles, a)
@@ -531,11 +531,14 @@ def _write_partial(run_dir: Path, report: RunReport) -> None:
     (run_dir / "report.json").write_text(json.dumps(report.as_dict(), indent=2, default=str))
 
 
-def _unload_policies(settings: Settings, rid: int, n: int) -> None:
+def _unload_policies(settings: Settings, rid: int, cycles: Sequence[CycleRecord]) -> None:
+    """Unload the cycles' policy adapters from vLLM (the registered copy is loaded by the gateway)."""
     from retrain.generate import unload_adapter
 
-    for c in range(1, n + 1):
-        unload_adapter(settings.upstream, f"run{rid}-policy-c{c}", api_key=settings.upstream_api_key)
+    for c in cycles:
+        if not c.rejected:
+            unload_adapter(settings.upstream, f"run{rid}-policy-c{c.cycle}", api_key=settings.upstream_api_key,
+                           timeout_s=10.0)
 
 
 def _register_and_canary(settings: Settings, engine: Engine, rid: int, report: RunReport, record: CycleRecord,
