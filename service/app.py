@@ -41,7 +41,7 @@ class Gateway:
 
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
-        self.engine = engine or make_engine(settings.database_url or "")
+        self.engine = engine or make_engine(settings.database_url or "", json_serializer=_json_text)
         self.metrics = GatewayMetrics()
         g = settings.gateway
         self.upstreams = Upstreams(settings.upstreams, g.connect_timeout_s, g.read_timeout_s, g.pool_size,
@@ -251,6 +251,11 @@ class Gateway:
                             "store_ok": self.traffic_log.store_ok},
             "uptime_s": round(time.time() - self.started_at, 1),
         }
+
+
+def _json_text(value: Any) -> str:
+    """orjson for the store's JSON columns (several times faster than json.dumps in the writer thread)."""
+    return orjson.dumps(value).decode()
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Gateway:

@@ -8,6 +8,7 @@ clinical text. Each identifier becomes a typed placeholder such as `[EMAIL]`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -84,9 +85,22 @@ def find_identifiers(text: str) -> list[Span]:
 
 
 def redact(text: str) -> str:
-    """`text` with each identifier replaced by its placeholder, e.g. `[EMAIL]`."""
+    """`text` with each identifier replaced by its placeholder, e.g. `[EMAIL]`.
+
+    Short texts are memoised: system prompts and the earlier turns of a conversation come back with every
+    request, so most messages the traffic log sees have been redacted before.
+    """
     if not text:
         return text
+    if len(text) <= _CACHE_MAX_CHARS:
+        return _redact_cached(text)
+    return _redact(text)
+
+
+_CACHE_MAX_CHARS = 8192
+
+
+def _redact(text: str) -> str:
     spans = find_identifiers(text)
     if not spans:
         return text
@@ -98,6 +112,9 @@ def redact(text: str) -> str:
         pos = span.end
     out.append(text[pos:])
     return "".join(out)
+
+
+_redact_cached = functools.lru_cache(maxsize=16384)(_redact)
 
 
 def redact_messages(messages: Any) -> list[dict[str, Any]]:
