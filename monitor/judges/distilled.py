@@ -66,6 +66,7 @@ class DistilledConfig:
     medquad_limit: int = 200
     xstest_limit: int | None = None  # per source model (tests train on a slice)
     harm_limit: int | None = None
+    heldout_limit: int | None = None  # score the held-out model on a sample only (tests)
     harm_c: float = 2.0  # inverse regularisation of the harm head
 
 
@@ -342,6 +343,8 @@ def train_distilled(settings: Settings, cfg: DistilledConfig | None = None, held
     heldout: dict[str, Any] = {}
     if heldout_model:
         test = load_xstest(settings.data_dir, (heldout_model,))
+        if cfg.heldout_limit and cfg.heldout_limit < len(test):
+            test = random.Random(cfg.seed).sample(test, cfg.heldout_limit)
         xt = _chunked_features(feat, [e.prompt for e in test], [e.response or "" for e in test], progress,
                                f"held-out {heldout_model}")
         pred = response_head.predict(xt)

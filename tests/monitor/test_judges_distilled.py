@@ -19,10 +19,8 @@ from monitor.judges.distilled import (
 )
 from service.settings import Settings
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
 TINY = DistilledConfig(head_tokens=64, joint_tokens=64, tail_tokens=32, xstest_limit=40, medsafety_limit=20,
-                       medquad_limit=20, harm_limit=120)
+                       medquad_limit=20, harm_limit=120, heldout_limit=120)
 
 
 @pytest.fixture(scope="session")
@@ -46,14 +44,15 @@ def test_artefact_manifest_and_size(trained: Settings) -> None:
     assert manifest["version"] == 1 and manifest["classes"] == ["Accept", "Caution", "Refuse"]
     assert manifest["counts"]["xstest_models"] == ["gpt4", "llama2new"]  # the held-out model stays out
     assert sum(v for k, v in manifest["counts"]["response"].items() if k.startswith("xstest")) == 80
-    assert manifest["heldout"]["xstest_model"] == "mistralinstruct" and manifest["heldout"]["n"] == 450
+    assert manifest["heldout"]["xstest_model"] == "mistralinstruct" and manifest["heldout"]["n"] == 120
     assert -1.0 <= manifest["heldout"]["kappa"] <= 1.0
     assert manifest["config"]["head_tokens"] == 64
     assert manifest["heldout"]["kappa"] > 0.3  # even a 120-example slice beats chance on an unseen model
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    assert size < 200_000  # two JSON heads; the frozen encoder comes from the package
+    assert size < 1_000_000  # two JSON heads; the frozen encoder comes from the package
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_grades_through_the_judge_protocol(trained: Settings) -> None:
     judge = build_judge("distilled", trained)
     assert isinstance(judge, DistilledJudge) and judge.version == "v1"
