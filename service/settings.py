@@ -141,7 +141,9 @@ class RetrainSettings(BaseModel):
     dpo_beta: float = 0.1
     warmup_fraction: float = 0.1  # of one epoch's steps
     seed: int = 0
-    torch_threads: int = 0  # CPU threads for training (0: torch's default, all cores)
+    # CPU threads for training (0: torch's default, all cores). 1 measured 3-8x faster per step than 2 on a
+    # 2-core machine also running vLLM and other work (docs/recipe.md); set 0 on a dedicated training node.
+    torch_threads: int = 1
     force_cpu: bool = False  # train on the CPU even when a GPU is visible
     dpo_enabled: bool = True
     seed_harmful: int = 64  # seed harmful prompts per run (safe reply desirable, own failed reply undesirable)
