@@ -76,7 +76,7 @@ class Procs:
               ) -> subprocess.Popen[bytes]:
         out = log.open("wb") if log else subprocess.DEVNULL
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT)  # same session: one scheduler autogroup for every process measured
+                                cwd=ROOT, start_new_session=True)  # each server its own scheduler group
         self.items.append(proc)
         return proc
 

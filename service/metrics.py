@@ -33,6 +33,8 @@ class GatewayMetrics:
                                "Exchanges spooled to local files while the store was unreachable.", registry=r)
         self.spool_pending = Gauge("careloop_traffic_log_spool_pending",
                                    "Exchanges in spool files not yet replayed into the store.", registry=r)
+        self.backpressure = Counter("careloop_traffic_log_backpressure",
+                                    "Requests that waited for the log writer (queue above half full).", registry=r)
         self.sampled = Counter("careloop_sampled", "Exchanges sampled for judging, by adapter.", ["adapter"],
                                registry=r)
         self.adapter_info = Gauge("careloop_adapter_info", "1 for each live target and its role.",

@@ -278,8 +278,11 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     metrics.overhead.observe(max(total - upstream_wait, 0.0))
     metrics.observe_upstream(choice.target, upstream_wait)
     metrics.count_request(choice.target, status)
-    gw.traffic_log.submit(Record(exchange_id, created, public_model, choice.target, choice.role, choice.user_key,
-                                 req, response, status, stream, sampled, total * 1000.0, error))
+    log = gw.traffic_log
+    log.submit(Record(exchange_id, created, public_model, choice.target, choice.role, choice.user_key,
+                      req, response, status, stream, sampled, total * 1000.0, error))
+    if log.depth > log.high_water:
+        await log.wait_for_room()
 
 
 async def _fail_late(send: Send, started: bool, exc: GatewayError, headers: list[tuple[bytes, bytes]]) -> None:

@@ -177,6 +177,7 @@ class TrafficLog:
         self.spool_dir = Path(spool_dir)
         self.metrics = metrics
         self.max_queue = max_queue
+        self.high_water = max_queue // 2
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self._insert = insert
@@ -206,6 +207,16 @@ class TrafficLog:
         self._queue.append(record)
         if len(self._queue) >= self.batch_size:
             self._wake.set()
+
+    async def wait_for_room(self, max_wait_s: float = 1.0) -> None:
+        """Backpressure: called by a request that found the queue above its high-water mark, after its response
+        was sent. Waiting (not computing) hands the GIL to the writer thread, and holds that client's next
+        request on the connection, so under sustained overload the gateway slows intake instead of dropping
+        exchanges. Gives up after `max_wait_s` (then a full queue drops, counted)."""
+        self.metrics.backpressure.inc()
+        deadline = time.monotonic() + max_wait_s
+        while len(self._queue) > self.high_water and time.monotonic() < deadline and self._task is not None:
+            await asyncio.sleep(0.002)
 
     @property
     def depth(self) -> int:

@@ -160,3 +160,19 @@ async def test_store_down_spools_then_replays_postgres(tmp_path: Path, pg_url: s
     via.dispose()
     await forwarder.close()
     direct.dispose()
+
+
+async def test_backpressure_waits_for_the_writer_instead_of_dropping(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    init_db(engine)
+    metrics = GatewayMetrics()
+    log = TrafficLog(engine, tmp_path / "spool", metrics, max_queue=40, batch_size=5, flush_interval_s=0.01)
+    log.start()
+    for i in range(38):
+        log.submit(record(i))
+    assert log.depth > log.high_water
+    await log.wait_for_room()
+    assert log.depth <= log.high_water and log.dropped == 0
+    assert b"careloop_traffic_log_backpressure_total 1.0" in metrics.render()
+    await log.drain()
+    assert count(engine) == 38
