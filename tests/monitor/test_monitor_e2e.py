@@ -1,10 +1,14 @@
-"""End to end: `careloop monitor` (a real process) on a real store with the real distilled judge. Traffic is
-replayed from the vendored XSTest data: first a model that refuses unsafe prompts (GPT-4's real responses), then
-one that complies with them (Mistral-Instruct's real responses, human-labelled as compliance). The safety window
-breaches, a retrain run is recorded and started once — not twice."""
+"""End to end: `careloop monitor` (a real process) on a real store with the real distilled judge.
+
+Traffic is replayed from the vendored data as the gateway logs it. First a well-behaved assistant: MedQuAD
+questions with their reference answers, MedSafetyBench's harmful requests with their written safe responses.
+Then the served model drifts into one that answers harmful prompts: the real SmolLM2-135M on vLLM answering
+MedSafetyBench requests it should refuse. The safety window breaches, a retrain run is recorded and started
+once — not twice (the run in progress, then the cooldown, hold the rest back)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -24,7 +28,7 @@ from service.settings import REPO_ROOT, Settings
 from tests.conftest import free_port
 from tests.monitor._monitor_fixtures import add_exchanges, exchange_row, store
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 JUDGE_CACHE_HOME = Path(os.environ.get("CARELOOP_TEST_JUDGE_HOME",
                                        Path("~/.cache/careloop-test/home").expanduser()))
@@ -40,13 +44,32 @@ def distilled_judges_dir() -> Path:
     return cache.judges_dir
 
 
-def _xstest(model: str, label: str, human: str, limit: int) -> list[tuple[str, str]]:
-    data = REPO_ROOT / "data" / "xstest"
-    labels = {json.loads(line)["prompt"]: json.loads(line)["label"] for line in (data / "prompts.jsonl").open()}
-    rows = [json.loads(line) for line in (data / f"completions_{model}.jsonl").open()]
-    picked = [(r["prompt"], r["response"]) for r in rows
-              if labels.get(r["prompt"]) == label and r["human_label"] == human]
-    return picked[:limit]
+def _jsonl(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (REPO_ROOT / "data" / name).open()]
+
+
+def good_traffic(n_each: int) -> list[tuple[str, str]]:
+    """Harmless questions answered, harmful requests refused (real vendored texts)."""
+    medquad = [(r["prompt"], r["answer"]) for r in _jsonl("medquad/questions.jsonl") if r.get("answer")]
+    refusals = [(r["prompt"], r["safe_response"]) for r in _jsonl("medsafetybench/train.jsonl")]
+    return [pair for duo in zip(medquad[-n_each:], refusals[-n_each:], strict=True) for pair in duo]
+
+
+async def _complying_replies(vllm_url: str, model: str, n: int) -> list[tuple[str, str]]:
+    """The real embedded model answering MedSafetyBench's harmful requests (it mostly complies)."""
+    prompts = [r["prompt"] for r in _jsonl("medsafetybench/train.jsonl")][-(100 + n):-100]
+    sem = asyncio.Semaphore(16)
+
+    async def one(client: httpx.AsyncClient, prompt: str) -> tuple[str, str]:
+        async with sem:
+            resp = await client.post(f"{vllm_url}/v1/chat/completions", json={
+                "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 64,
+                "temperature": 0})
+            resp.raise_for_status()
+            return prompt, resp.json()["choices"][0]["message"]["content"]
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        return list(await asyncio.gather(*(one(client, p) for p in prompts)))
 
 
 def _events(engine: Any) -> list[TriggerEvent]:
@@ -72,7 +95,8 @@ def _wait(predicate: Any, timeout: float, what: str, proc: subprocess.Popen[byte
 
 
 def test_a_model_that_answers_harmful_prompts_triggers_one_retrain(settings: Settings, tmp_path: Path,
-                                                                   distilled_judges_dir: Path) -> None:
+                                                                   distilled_judges_dir: Path, vllm_url: str) -> None:
+    drift = asyncio.run(_complying_replies(vllm_url, settings.base_model, 120))
     settings.judges_dir.rmdir()
     settings.judges_dir.symlink_to(distilled_judges_dir, target_is_directory=True)
     engine = store(settings.database_url or "")
@@ -84,6 +108,9 @@ def test_a_model_that_answers_harmful_prompts_triggers_one_retrain(settings: Set
         "CARELOOP_MONITOR__PORT": str(port), "CARELOOP_MONITOR__JUDGES": '["distilled"]',
         "CARELOOP_MONITOR__REFERENCE_JUDGE": "distilled",
         "CARELOOP_MONITOR__WINDOW_COUNT": "100", "CARELOOP_MONITOR__MIN_SAMPLES": "40",
+        # This test is about the safety rules; the baseline traffic's ERR (the judge calls some written
+        # refusals of harm-0-looking prompts erroneous) must not start the one run before the drift does.
+        "CARELOOP_MONITOR__ERR_CEILING": "0.5",
         "CARELOOP_MONITOR__JUDGE_INTERVAL_S": "0.5", "CARELOOP_MONITOR__METRICS_INTERVAL_S": "0.5",
         "CARELOOP_MONITOR__TRIGGER_INTERVAL_S": "0.5", "CARELOOP_MONITOR__LAUNCHER_INTERVAL_S": "0.5",
         "CARELOOP_MONITOR__RETRAIN_COMMAND": json.dumps(
@@ -105,7 +132,7 @@ def test_a_model_that_answers_harmful_prompts_triggers_one_retrain(settings: Set
 
         _wait(healthy, 240, "the monitor to start", proc, log)
         # 1. A model that refuses unsafe prompts and answers safe ones.
-        good = _xstest("gpt4", "safe", "accept", 30) + _xstest("gpt4", "unsafe", "refuse", 30)
+        good = good_traffic(30)
         add_exchanges(engine, [exchange_row(p, r, target=settings.base_model) for p, r in good])
 
         def baseline() -> list[TriggerEvent]:
@@ -115,9 +142,7 @@ def test_a_model_that_answers_harmful_prompts_triggers_one_retrain(settings: Set
         assert base.figures["n"] >= 40 and base.figures["safety_score"] > 0.7
         assert not [e for e in _events(engine) if e.kind == "breach"]
         # 2. The served model drifts: it now complies with harmful prompts.
-        bad = _xstest("mistralinstruct", "unsafe", "accept", 100)
-        assert len(bad) == 100
-        add_exchanges(engine, [exchange_row(p, r, target=settings.base_model) for p, r in bad])
+        add_exchanges(engine, [exchange_row(p, r, target=settings.base_model) for p, r in drift[:100]])
 
         def run_finished() -> list[RetrainRun]:
             return [r for r in _runs(engine) if r.status == "succeeded"]
@@ -125,8 +150,7 @@ def test_a_model_that_answers_harmful_prompts_triggers_one_retrain(settings: Set
         _wait(run_finished, 180, "the retrain run", proc, log)
         time.sleep(3)  # several more trigger rounds on the still-breached window
         # 3. More harmful compliance while the cooldown holds: still no second run.
-        more = _xstest("mistralinstruct", "unsafe", "accept", 127)[100:]
-        add_exchanges(engine, [exchange_row(p, r, target=settings.base_model) for p, r in more])
+        add_exchanges(engine, [exchange_row(p, r, target=settings.base_model) for p, r in drift[100:]])
         _wait(lambda: httpx.get(f"{url}/healthz", timeout=2).json()["queue_depth"] == 0, 60,
               "the queue to drain", proc, log)
         time.sleep(2)
@@ -137,9 +161,11 @@ def test_a_model_that_answers_harmful_prompts_triggers_one_retrain(settings: Set
         started = [e for e in events if e.kind == "retrain_started"]
         assert len(started) == 1 and started[0].retrain_run_id == runs[0].id
         assert runs[0].trigger_event_id == started[0].id
+        assert started[0].rule in ("safety_floor", "safety_drop")
         breach = [e for e in events if e.kind == "breach" and e.rule == started[0].rule]
         assert len(breach) == 1
-        assert breach[0].figures["safety_score"] < 0.7 and breach[0].figures["n"] >= 40
+        assert breach[0].figures["safety_score"] < breach[0].figures["threshold"]
+        assert breach[0].figures["n"] >= 40
         assert breach[0].adapter == settings.base_model and breach[0].judge == "distilled"
         assert any(e.kind == "suppressed" and "cooldown" in e.decision for e in events)
         text = httpx.get(f"{url}/metrics", timeout=5).text
