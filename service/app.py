@@ -39,8 +39,9 @@ BLOCKED = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 class Gateway:
     """One gateway process: settings, store, upstream client, routes, traffic log and metrics."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, engine: Engine | None = None, freeze_gc: bool = False) -> None:
         self.settings = settings
+        self.freeze_gc = freeze_gc  # the server process sets it; tests that embed the app do not
         self.engine = engine or make_engine(settings.database_url or "", json_serializer=_json_text)
         self.metrics = GatewayMetrics()
         g = settings.gateway
@@ -126,9 +127,10 @@ class Gateway:
         with contextlib.suppress(Exception):
             await self.refresh_routes()
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop(), name="routes-refresh")
-        # Everything allocated so far lives for the whole process: keep it out of the collector's full passes.
-        gc.collect()
-        gc.freeze()
+        if self.freeze_gc:
+            # Everything allocated so far lives for the whole process: keep it out of full collections.
+            gc.collect()
+            gc.freeze()
 
     async def shutdown(self) -> None:
         """Stop refreshing, drain the traffic log, close the client."""
@@ -258,6 +260,6 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> Gateway:
+def create_app(settings: Settings, engine: Engine | None = None, freeze_gc: bool = False) -> Gateway:
     """The gateway ASGI app for these settings."""
-    return Gateway(settings, engine)
+    return Gateway(settings, engine, freeze_gc)

@@ -14,7 +14,7 @@ from service.settings import Settings
 def uvicorn_config(settings: Settings, log_level: str = "info", app: Gateway | None = None) -> uvicorn.Config:
     """The uvicorn configuration the gateway runs with (also used by tests)."""
     return uvicorn.Config(
-        app or create_app(settings),
+        app or create_app(settings, freeze_gc=True),
         host=settings.gateway.host,
         port=settings.gateway.port,
         loop="uvloop",
