@@ -82,6 +82,7 @@ def register(app: typer.Typer) -> None:
         from service.settings import load_settings
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
         settings = load_settings(database_url=database_url)
         if host:
             settings.monitor.host = host
