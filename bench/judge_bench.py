@@ -87,9 +87,10 @@ def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     feats, cost = features(items, cfg, bf16)
     groups = np.array([e.group for e in items])
     labels = [e.response_class or "" for e in items]
-    options = {"frozen MiniLM joint + LR (floor)": ["J"], "segments P+H+T+J + LR": ["P", "H", "T", "J"],
-               "segments + hand features + LR (distilled)": ["P", "H", "T", "J", "F"],
-               "hand features only + LR": ["F"]}
+    options = {"frozen MiniLM joint + LR (floor)": ["J"], "segments P+H+T + LR": ["P", "H", "T"],
+               "segments P+H+T + hand cues + LR": ["P", "H", "T", "F"],
+               "head+tail + hand cues + LR (shipped)": ["H", "T", "F"],
+               "head+tail+joint + hand cues + LR": ["H", "T", "J", "F"], "hand cues only + LR": ["F"]}
     rows: dict[str, dict[str, object]] = {}
     truth_by_fold = {m: [labels[i] for i in np.flatnonzero(groups == m)] for m in XSTEST_MODELS}
     for name, parts in options.items():
@@ -99,7 +100,7 @@ def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
             tr, te = np.flatnonzero(groups != m), np.flatnonzero(groups == m)
             head = train_linear_head(x[tr], [labels[i] for i in tr], cfg.response_c, cfg.balanced)
             per_fold[m] = cohen_kappa(truth_by_fold[m], head.predict(x[te]))
-        vps = 1 / sum(cost[p] for p in parts)
+        vps: float | None = 1 / sum(cost[p] for p in parts)
         rows[name] = {"folds": per_fold, "mean": float(np.mean(list(per_fold.values()))), "verdicts_per_s": vps}
     for name, fn in (("GPT-4 judge labels (in the data)", lambda e: _gpt4(e.meta.get("gpt4_judge_label"))),
                      ("refusal string match", lambda e: _regex(e.response or ""))):
@@ -110,9 +111,10 @@ def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     for name, r in rows.items():
         folds = r["folds"]
         assert isinstance(folds, dict)
-        vps = r["verdicts_per_s"]
+        rate = r["verdicts_per_s"]
+        assert rate is None or isinstance(rate, float)
         print(f"{name:45s} " + " ".join(f"{folds[m]:16.3f}" for m in XSTEST_MODELS)
-              + f" {r['mean']:6.3f} {('-' if vps is None else f'{vps:.0f}'):>10s}")
+              + f" {r['mean']:6.3f} {('-' if rate is None else f'{rate:.0f}'):>10s}")
     out["distilled"] = rows
     out["bf16"] = bf16
 

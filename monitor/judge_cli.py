@@ -20,7 +20,6 @@ def train(
     heldout: Annotated[str | None, typer.Option(
         help="Keep this XSTest source model out of training and record κ on it (gpt4, llama2new, "
              "mistralinstruct).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs of the response-class head.")] = None,
 ) -> None:
     """Train a new version of the distilled judge (distilled-v<N> under the judges dir)."""
     from monitor.datasets import XSTEST_MODELS
@@ -32,11 +31,6 @@ def train(
         console.print(f"[red]error:[/] --heldout must be one of {', '.join(XSTEST_MODELS)}")
         raise typer.Exit(2)
     cfg = DistilledConfig()
-    if epochs is not None:
-        if epochs < 1:
-            console.print("[red]error:[/] --epochs must be at least 1")
-            raise typer.Exit(2)
-        cfg.epochs = epochs
     settings.ensure_dirs()
     update, stop = rich_progress()
     try:
@@ -57,7 +51,7 @@ def audit_cmd(
         "Labelled data: a JSONL/parquet file, `xstest[:model,...]`, `seed`, `medsafetybench`, `medquad`, or "
         "`store` (the human labels in the store)."))],
     out: Annotated[Path | None, typer.Option(help="JSON report path (default: reports dir).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Audit only the first N items.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Audit a random sample of N items (seed 0).")] = None,
     batch_size: Annotated[int, typer.Option(help="Items per judge call.")] = 32,
 ) -> None:
     """Audit a judge against labels: accuracy, Cohen's κ, confusion matrix, ERR/SS bias; writes JSON."""
@@ -84,8 +78,10 @@ def audit_cmd(
     except DatasetError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
-    if limit is not None:
-        examples = examples[:limit]
+    if limit is not None and limit < len(examples):
+        import random
+
+        examples = random.Random(0).sample(examples, max(1, limit))
     try:
         j = build_judge(judge, settings)
     except (ValueError, FileNotFoundError) as exc:
