@@ -16,6 +16,7 @@ import asyncio
 import json
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,16 @@ def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
               + f" {r['mean']:6.3f} {('-' if rate is None else f'{rate:.0f}'):>10s}")
     out["distilled"] = rows
     out["bf16"] = bf16
+    # How would a head trained on XSTest alone label the medical responses? (decides their training labels)
+    x = np.hstack([feats[p] for p in ("H", "T", "F")])
+    xs_rows = np.flatnonzero(np.isin(groups, XSTEST_MODELS))
+    head = train_linear_head(x[xs_rows], [labels[i] for i in xs_rows], cfg.response_c, cfg.balanced)
+    medical: dict[str, dict[str, int]] = {}
+    for source in ("medsafetybench", "medquad"):
+        idx = [i for i, e in enumerate(items) if e.source == source]
+        medical[source] = dict(Counter(head.predict(x[idx])))
+        print(f"XSTest-only head on {source} reference responses: {medical[source]}")
+    out["medical_labels"] = medical
 
 
 async def llm_bench(url: str, model: str, concurrency: int, limit: int, out: dict[str, object]) -> None:
