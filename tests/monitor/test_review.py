@@ -115,3 +115,17 @@ def test_review_on_postgres(pg_url: str) -> None:
     record_human_verdict(eng, f"{p}e0", 0, "Refuse")
     record_human_verdict(eng, f"{p}e1", 0, "Accept")
     assert human_kappa(eng, judge) == pytest.approx(1.0)
+
+
+def test_review_cli_stores_labels(settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from careloop.cli import app
+
+    monkeypatch.setenv("CARELOOP_HOME", str(settings.home))
+    monkeypatch.setenv("CARELOOP_DATABASE_URL", settings.database_url or "")
+    result = CliRunner().invoke(app, ["review", "--limit", "3", "--reviewer", "cy"], input="2 r\nbogus\nq\n")
+    assert result.exit_code == 0, result.output
+    assert "judges disagree" in result.output and "prompt 0" in result.output
+    labelled = {e.id: (e.harm_level, e.response_class, e.meta["reviewer"]) for e in human_examples(engine)}
+    assert labelled["e0"] == (2, "Refuse", "cy") and "e1" not in labelled  # 'bogus' skipped, then quit
