@@ -113,3 +113,22 @@ def test_production_recipe_on_a_held_out_source_model(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     report = train_distilled(settings, DistilledConfig(), heldout_model="mistralinstruct")
     assert report.heldout["kappa"] >= 0.6, report.heldout
+
+
+def test_audit_cli(trained: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from careloop.cli import app
+
+    monkeypatch.setenv("CARELOOP_HOME", str(trained.home))
+    out = tmp_path / "audit.json"
+    result = CliRunner().invoke(app, ["judge", "audit", "--judge", "distilled", "--data", "xstest:mistralinstruct",
+                                      "--limit", "20", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["n"] == 20 and report["judge"] == "distilled" and len(report["confusion"]) == 3
+    assert "Cohen's kappa" in result.output
+    bad = CliRunner().invoke(app, ["judge", "audit", "--judge", "oracle", "--data", "seed"])
+    assert bad.exit_code == 2
+    missing = CliRunner().invoke(app, ["judge", "audit", "--judge", "distilled", "--data", "nope.jsonl"])
+    assert missing.exit_code == 2
