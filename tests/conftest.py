@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ def free_port() -> int:
 def settings(tmp_path: Path) -> Settings:
     """Settings with a fresh data dir and SQLite store in a temp folder."""
     s = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'home' / 'careloop.db'}")
+    # A triggered retrain in a test runs a no-op unless the test asks for the real one (never a stray training).
+    s.monitor.retrain_command = [sys.executable, "-c", "pass", "{run_id}"]
     s.ensure_dirs()
     return s
 
@@ -95,3 +98,14 @@ def pg_url() -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def distilled_judges_dir() -> Path:
+    """A trained distilled judge, trained once per machine (minutes on 2 cores) and cached."""
+    from monitor.judges.distilled import ensure_distilled
+
+    cache = Settings(home=Path(os.environ.get("CARELOOP_TEST_JUDGE_HOME",
+                                              Path("~/.cache/careloop-test/home").expanduser())))
+    ensure_distilled(cache, show_progress=False)
+    return cache.judges_dir

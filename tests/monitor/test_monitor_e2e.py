@@ -30,20 +30,6 @@ from tests.monitor._monitor_fixtures import add_exchanges, exchange_row, store
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
-JUDGE_CACHE_HOME = Path(os.environ.get("CARELOOP_TEST_JUDGE_HOME",
-                                       Path("~/.cache/careloop-test/home").expanduser()))
-
-
-@pytest.fixture(scope="module")
-def distilled_judges_dir() -> Path:
-    """A trained distilled judge, trained once per machine (minutes on 2 cores) and cached."""
-    from monitor.judges.distilled import ensure_distilled
-
-    cache = Settings(home=JUDGE_CACHE_HOME)
-    ensure_distilled(cache, show_progress=False)
-    return cache.judges_dir
-
-
 def _jsonl(name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (REPO_ROOT / "data" / name).open()]
 
