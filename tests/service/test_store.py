@@ -32,6 +32,7 @@ def engine(request: pytest.FixtureRequest, tmp_path):
     eng = make_engine(url)
     init_db(eng)
     with eng.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM verdict")  # other tests share the session database
         conn.exec_driver_sql("DELETE FROM exchange")
         conn.exec_driver_sql("DELETE FROM lease")
     yield eng

@@ -141,6 +141,7 @@ async def test_store_down_spools_then_replays_postgres(tmp_path: Path, pg_url: s
     direct = make_engine(pg_url)
     init_db(direct)
     with direct.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM verdict")  # other tests share the session database
         conn.exec_driver_sql("DELETE FROM exchange")
     forwarder = Forwarder()
     via = make_engine(pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{forwarder.port}"),
