@@ -81,12 +81,11 @@ def demo_settings(settings: Settings) -> Settings:
 
 def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     """Run the whole loop once on this machine and return the report (also written to the reports dir)."""
-    from monitor.judges.distilled import ensure_distilled
-
     from careloop.heldout_eval import generate_all, judge_replies, targets_met
     from careloop.replay import replay, traffic_mix
     from careloop.stack import start_stack
     from monitor.judges import build_judge
+    from monitor.judges.distilled import ensure_distilled
     from retrain.heldout import eval_sample
     from service.store import make_engine
 
@@ -272,8 +271,10 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int | None, typer.Option(help="Gateway port.")] = None,
     ) -> None:
         """Replay real prompts through the loop until a realignment completes; print and plot before/after."""
+        from careloop.stack import exit_on_sigterm
         from service.settings import load_settings
 
+        exit_on_sigterm()
         console = Console(stderr=True)
         settings = load_settings()
         if traffic:

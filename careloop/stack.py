@@ -100,6 +100,35 @@ def careloop_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on host:port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def check_ports(settings: Settings, with_monitor: bool) -> None:
+    """Fail before starting anything if a port the stack needs is taken (another `careloop up`?)."""
+    wanted = [("vLLM", "127.0.0.1", settings.vllm_port, "CARELOOP_VLLM_PORT"),
+              ("gateway", settings.gateway.host, settings.gateway.port, "CARELOOP_GATEWAY__PORT")]
+    if with_monitor:
+        wanted.append(("monitor", settings.monitor.host, settings.monitor.port, "CARELOOP_MONITOR__PORT"))
+    taken = [f"{name} port {port} ({env})" for name, host, port, env in wanted if port_in_use(host, port)]
+    if taken:
+        raise RuntimeError(f"already in use: {', '.join(taken)}; stop the other process or choose other ports")
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so the stack's children are stopped on the way out."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def spawn(stack: Stack, name: str, cmd: Sequence[str], env: dict[str, str]) -> Child:
     """Start a child process with its output in the data dir's logs."""
     log_dir = stack.settings.home / "logs"
@@ -147,6 +176,7 @@ def start_stack(settings: Settings, console: Console, with_monitor: bool = True)
 
         ensure_distilled(settings)  # trains the judge once on a fresh home (minutes), before the monitor waits
     settings.upstream = f"http://127.0.0.1:{settings.vllm_port}"
+    check_ports(settings, with_monitor)
     stack = Stack(settings)
     try:
         with console.status("starting vLLM (CPU) with the embedded model…") as status:
@@ -171,6 +201,7 @@ def start_stack(settings: Settings, console: Console, with_monitor: bool = True)
 
 def run_stack(settings: Settings, console: Console, with_monitor: bool = True) -> int:
     """Start the stack and keep it up until Ctrl-C or a child dies; return an exit code."""
+    exit_on_sigterm()
     try:
         stack = start_stack(settings, console, with_monitor)
     except (RuntimeError, TimeoutError) as exc:
