@@ -134,14 +134,7 @@ def train_kto(base_model_dir: Path, examples: Sequence[KTOExample], out_dir: Pat
     callbacks: list[Any] = [_JsonlLogger(log_path, "kto").callback] if log_path else []
     trainer: Any = KTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(kto_rows(examples, tokenizer)),
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-    t0 = time.monotonic()
-    trainer.train()
-    seconds = time.monotonic() - t0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    return StageResult("kto", len(examples), int(trainer.state.global_step), seconds, str(out_dir),
-                       list(trainer.state.log_history))
+    return _train_and_save(trainer, tokenizer, "kto", len(examples), out_dir)
 
 
 def train_dpo(base_model_dir: Path, pairs: Sequence[DPOPair], out_dir: Path, rs: RetrainSettings, *,
@@ -160,13 +153,18 @@ def train_dpo(base_model_dir: Path, pairs: Sequence[DPOPair], out_dir: Path, rs:
     callbacks: list[Any] = [_JsonlLogger(log_path, "dpo").callback] if log_path else []
     trainer: Any = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(dpo_rows(pairs)),
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    return _train_and_save(trainer, tokenizer, "dpo", len(pairs), out_dir)
+
+
+def _train_and_save(trainer: Any, tokenizer: Any, stage: str, n: int, out_dir: Path) -> StageResult:
+    """Run one stage's epoch, save the adapter and tokenizer to `out_dir`, and say what it did."""
     t0 = time.monotonic()
     trainer.train()
     seconds = time.monotonic() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    return StageResult("dpo", len(pairs), int(trainer.state.global_step), seconds, str(out_dir),
+    return StageResult(stage, n, int(trainer.state.global_step), seconds, str(out_dir),
                        list(trainer.state.log_history))
 
 

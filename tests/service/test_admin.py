@@ -24,14 +24,6 @@ CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    upstream = FakeUpstream()
-    await upstream.start()
-    yield upstream
-    await upstream.stop()
-
-
-@pytest.fixture
 def gw_settings(settings: Settings, fake: FakeUpstream) -> Settings:
     settings.upstream = fake.url
     settings.admin_token = TOKEN

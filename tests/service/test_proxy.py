@@ -22,14 +22,6 @@ MESSAGES = [{"role": "user", "content": "I am jane.doe@example.com, MRN 4471923.
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    upstream = FakeUpstream()
-    await upstream.start()
-    yield upstream
-    await upstream.stop()
-
-
-@pytest.fixture
 def gw_settings(settings: Settings, fake: FakeUpstream) -> Settings:
     settings.upstream = fake.url
     settings.sample_rate = 1.0
