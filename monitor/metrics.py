@@ -37,8 +37,10 @@ MONITOR_METRIC_NAMES: frozenset[str] = frozenset({
 class WindowCollector(Collector):
     """Reads the current rolling windows at scrape time, so no stale label sets linger."""
 
-    def __init__(self, windows: Callable[[], WindowSet | None]) -> None:
+    def __init__(self, windows: Callable[[], WindowSet | None],
+                 human: Callable[[], dict[str, float]] | None = None) -> None:
         self._windows = windows
+        self._human = human or dict
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
@@ -72,6 +74,8 @@ class WindowCollector(Collector):
                     kappa.add_metric(key, d.kappa)
                     div.add_metric([*key, "safety_score"], d.delta_ss)
                     div.add_metric([*key, "err"], d.delta_err)
+        for judge, value in self._human().items():  # κ against the people's labels from `careloop review`
+            kappa.add_metric([judge, "human", "all"], value)
         yield from fams.values()
         yield kappa
         yield div
@@ -104,7 +108,8 @@ class MonitorMetrics:
         self.cycle_seconds = Gauge("careloop_monitor_cycle_seconds", "Duration of the last run of each job.",
                                    ["job"], registry=r)
         self._windows: WindowSet | None = None
-        r.register(WindowCollector(lambda: self._windows))
+        self.human_kappa: dict[str, float] = {}
+        r.register(WindowCollector(lambda: self._windows, lambda: self.human_kappa))
         # Families exist from the first scrape, so `increase()` and the dashboard see zeros, not gaps.
         self.retrain_in_progress.set(0)
         for outcome in ("succeeded", "failed", "promoted", "rolled_back"):

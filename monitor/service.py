@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,8 @@ class MonitorService:
     stats: dict[str, JobStat] = field(default_factory=dict)
     started: bool = False
     queue: int = 0
+    human_kappa_every_s: float = 60.0  # κ against the human labels reads every label: not on each tick
+    _human_at: float = float("-inf")
     http_server: Any = None  # the uvicorn server while `serve` runs
 
     def request_stop(self) -> None:
@@ -127,6 +129,9 @@ class MonitorService:
             added = self.windows.refresh()
             self.queue = queue_depth(self.engine)
             self.metrics.queue_depth.set(self.queue)
+            if time.monotonic() - self._human_at >= self.human_kappa_every_s:
+                self.metrics.human_kappa = human_kappas(self.engine, self.judges)
+                self._human_at = time.monotonic()
         except Exception as exc:
             log.exception("windows refresh failed")
             self._timed("windows", time.perf_counter() - t0, exc)
@@ -190,6 +195,18 @@ class MonitorService:
         """Close the judges and the store's pool."""
         await self.worker.aclose()
         self.engine.dispose()
+
+
+def human_kappas(engine: Engine, judges: Iterable[str]) -> dict[str, float]:
+    """Each judge's κ against the human labels, where people have labelled enough of its verdicts."""
+    from monitor.review import human_kappa
+
+    out = {}
+    for judge in judges:
+        value = human_kappa(engine, judge)
+        if value is not None:
+            out[judge] = value
+    return out
 
 
 async def serve(settings: Settings, service: MonitorService | None = None,

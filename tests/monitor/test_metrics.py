@@ -6,10 +6,12 @@ from __future__ import annotations
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlmodel import Session, select
 
 from monitor.server import create_app
 from monitor.service import MonitorService
 from service.metrics import GatewayMetrics
+from service.schema import Verdict
 from service.settings import Settings
 from tests.conftest import free_port
 from tests.monitor._monitor_fixtures import (
@@ -76,3 +78,21 @@ async def test_real_metrics_endpoint_parses_and_carries_every_name_used(monitor_
     assert value("careloop_retrain_in_progress") in (0.0, 1.0)
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert health.json()["verdicts_followed"] == 20
+
+
+async def test_human_labels_feed_a_live_kappa_against_human(monitor_service: MonitorService) -> None:
+    from monitor.review import record_human_verdict
+
+    await monitor_service.cycle()
+    engine = monitor_service.engine
+    with Session(engine) as s:
+        graded = s.exec(select(Verdict).where(Verdict.judge == "ref")).all()
+    for v in graded:  # a person agrees with the reference judge on every exchange
+        record_human_verdict(engine, v.exchange_id, v.harm_level, v.response_class)
+    monitor_service.human_kappa_every_s = 0.0
+    monitor_service.refresh_job()
+    with ServerThread(create_app(monitor_service.settings, monitor_service), free_port()) as srv:
+        fams = _families(httpx.get(f"{srv.url}/metrics", timeout=10).text)
+    kappas = {(s.labels["judge"], s.labels["reference"]): s.value for s in fams["careloop_judge_kappa"]}
+    assert kappas[("ref", "human")] == 1.0
+    assert kappas[("self", "human")] < 0.5  # 'self' calls everything Accept; people did not
