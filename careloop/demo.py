@@ -103,9 +103,9 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     try:
         heldout = eval_sample(settings.data_dir, d.eval_harmful, d.eval_benign, d.eval_xstest_safe)
 
-        def measure(label: str) -> Any:
+        def measure(label: str, url: str, model: str) -> Any:
             with _bar(console, f"held-out eval ({label}): generating", len(heldout)) as (progress, task):
-                replies = asyncio.run(generate_all(gateway, settings.public_model, heldout, d.max_tokens,
+                replies = asyncio.run(generate_all(url, model, heldout, d.max_tokens,
                                                    d.concurrency, progress=lambda k: progress.advance(task, k)))
             judge = build_judge(settings.monitor.reference_judge, settings)
             try:
@@ -114,7 +114,9 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
                 asyncio.run(judge.aclose())
 
         timeline.mark("before")
-        before = measure("before")
+        # The base model straight from vLLM (what the gateway serves now), so that held-out prompts never
+        # become the live traffic the monitor judges and the trigger acts on.
+        before = measure("before", settings.upstream, settings.base_model)
 
         # Live traffic until the monitor triggers a realignment (prompts that are held out never replay).
         timeline.mark("traffic")
@@ -172,7 +174,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
             time.sleep(2)
         timeline.mark("after")
         state = loop_state(engine)
-        after = measure("after")
+        after = measure("after", gateway, settings.public_model)  # what users get now, through the gateway
         timeline.mark("done")
         report.update(_summarise(engine, state, before, after, failures, timeline, targets_met))
     finally:
