@@ -39,7 +39,8 @@ class Stack:
         return f"http://{self.settings.gateway.host}:{self.settings.gateway.port}"
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """Stop every child, newest first: SIGINT, then SIGTERM, then SIGKILL."""
+        """Stop every child, newest first: SIGINT, then SIGTERM, then SIGKILL; and this home's local retrain runs."""
+        stop_local_runs(self.settings)
         for child in reversed(self.children):
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGINT)
@@ -60,6 +61,41 @@ class Stack:
     def failed(self) -> Child | None:
         """The first child that has exited, if any."""
         return next((c for c in self.children if c.proc.poll() is not None), None)
+
+
+def stop_local_runs(settings: Settings) -> list[int]:
+    """SIGTERM the local retrain processes this home's monitor started (they mark themselves failed on exit)."""
+    from sqlmodel import Session, select
+
+    from service.schema import RetrainRun
+    from service.store import make_engine
+
+    stopped: list[int] = []
+    try:
+        engine = make_engine(settings.database_url or "")
+        with Session(engine) as session:
+            runs = session.exec(select(RetrainRun).where(RetrainRun.backend == "local",
+                                                         RetrainRun.status.in_(["pending", "running"]))).all()  # type: ignore[attr-defined]
+        engine.dispose()
+    except Exception:  # no store yet, or it is gone: nothing of ours runs
+        return stopped
+    for run in runs:
+        if run.handle and run.handle.isdigit() and _is_retrain_process(int(run.handle)):
+            try:
+                os.kill(int(run.handle), signal.SIGTERM)
+                stopped.append(int(run.handle))
+            except ProcessLookupError:
+                pass
+    return stopped
+
+
+def _is_retrain_process(pid: int) -> bool:
+    """Whether pid is still a retrain process (not another process that reused a dead run's pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"retrain" in cmdline
 
 
 def vllm_command(settings: Settings) -> list[str]:

@@ -1,0 +1,43 @@
+"""The one-machine stack: ports checked before anything starts; its local retrain runs stop with it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from careloop.stack import check_ports, stop_local_runs
+from service.schema import RetrainRun
+from service.settings import Settings
+from service.store import init_db, make_engine, session_scope
+
+
+def test_a_taken_port_is_refused_before_anything_starts(settings: Settings) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        settings.vllm_port = sock.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"vLLM port {settings.vllm_port}"):
+            check_ports(settings, with_monitor=False)
+
+
+def test_stopping_the_stack_stops_its_local_retrain_runs_only(settings: Settings) -> None:
+    retrain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "retrain"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    engine = make_engine(settings.database_url or "")
+    init_db(engine)
+    with session_scope(engine) as s:
+        s.add(RetrainRun(status="running", backend="local", handle=str(retrain.pid)))
+        s.add(RetrainRun(status="running", backend="local", handle=str(other.pid)))  # a reused pid
+        s.add(RetrainRun(status="running", backend="kubernetes", handle="careloop-retrain-3"))
+    engine.dispose()
+    try:
+        assert stop_local_runs(settings) == [retrain.pid]
+        assert retrain.wait(10) != 0
+        assert other.poll() is None
+    finally:
+        for proc in (retrain, other):
+            proc.kill()
+            proc.wait()
