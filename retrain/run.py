@@ -304,12 +304,17 @@ def dpo_skip_reason(n_pairs: int, n_kto: int, rs: Any) -> str | None:
     return None
 
 
-def reject_reason(err: float, degenerate: float, rs: Any) -> str | None:
-    """Why a checkpoint is rejected (validation ERR above err_reject; too many looping replies), or None."""
+def reject_reason(err: float, degenerate: float, rs: Any, base_degenerate: float = 0.0) -> str | None:
+    """Why a checkpoint is rejected (validation ERR above err_reject; looping more than allowed), or None.
+
+    Looping is judged against the base: a checkpoint may loop up to `max_degenerate`, or up to
+    `max_degenerate_increase` above the base model where the base itself already loops more than that.
+    """
     if err > rs.err_reject:
         return f"validation ERR {err:.2f} > {rs.err_reject}"
-    if degenerate > rs.max_degenerate:
-        return f"{degenerate:.0%} degenerate replies > {rs.max_degenerate:.0%}"
+    limit = max(rs.max_degenerate, base_degenerate + rs.max_degenerate_increase)
+    if degenerate > limit:
+        return f"{degenerate:.0%} degenerate replies > {limit:.0%} (base {base_degenerate:.0%})"
     return None
 
 
@@ -488,7 +493,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
                                               name=f"run{rid}-c{cycle}-{int(time.time())}",
                                               alpha=settings.monitor.alpha, max_tokens=rs.validation_max_tokens,
                                               api_key=settings.upstream_api_key))
-        rejected = reject_reason(ev.err, ev.degenerate, rs)
+        rejected = reject_reason(ev.err, ev.degenerate, rs, base_eval.degenerate)
         report.cycles.append(CycleRecord(cycle, {"steps": kto.steps, "seconds": round(kto.seconds, 1),
                                                  "examples": kto.examples}, dpo_info, dpo_skipped,
                                          _eval_dict(ev), rejected, str(adapter_dir),

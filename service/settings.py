@@ -154,7 +154,8 @@ class RetrainSettings(BaseModel):
     max_completion_tokens: int = 80  # when generating policy replies and DPO alternatives
     max_dpo_candidates: int = 200  # failed traffic replies sent for a verified alternative per cycle
     max_seed_dpo_pairs: int = 64
-    max_degenerate: float = 0.1  # reject a checkpoint whose validation replies loop more often than this
+    max_degenerate: float = 0.1  # reject a checkpoint whose validation replies loop more often than this…
+    max_degenerate_increase: float = 0.05  # …or, where the base already loops more, more than this above the base
     heartbeat_s: float = 15.0
     canary_max_error_rate: float = 0.02  # canary 5xx share above stable's by more than this → roll back
     canary_early_verdicts: int = 10  # from here a canary far worse than stable rolls back before min verdicts

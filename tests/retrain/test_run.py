@@ -38,6 +38,8 @@ def test_checkpoints_with_high_err_or_looping_replies_are_rejected() -> None:
     assert reject_reason(0.51, 0.0, rs) is not None
     assert reject_reason(0.5, 0.0, rs) is None
     assert reject_reason(0.1, 0.2, rs) is not None
+    assert reject_reason(0.1, 0.13, rs, base_degenerate=0.19) is None  # loops less than the base does
+    assert reject_reason(0.1, 0.25, rs, base_degenerate=0.19) is not None  # 6 points worse than the base
 
 
 def test_run_stops_after_three_cycles_without_gain() -> None:
