@@ -1,6 +1,7 @@
 """Judge benchmark: κ against human labels on held-out XSTest source models, and verdicts/s.
 
     .venv/bin/python bench/judge_bench.py                       # distilled options, leave-one-model-out
+    .venv/bin/python bench/judge_bench.py --in-domain           # on SmolLM2's own labelled replies
     .venv/bin/python bench/judge_bench.py --llm http://127.0.0.1:8000 --model smollm2-135m --limit 150
 
 Distilled options share one pass of frozen MiniLM features over all data; each fold fits its heads on two
@@ -130,6 +131,92 @@ def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     out["medical_labels"] = medical
 
 
+IN_DOMAIN_FOLDS = {"medsafetybench": ("medsafetybench",), "seed": ("seed",),
+                   "medquad+borderline": ("medquad", "borderline")}
+
+
+def in_domain_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> None:
+    """κ on SmolLM2's own labelled replies, holding out whole prompt sources, by in-domain weight.
+
+    Weight 0 is the judge without in-domain data (the first session's judge); the string matcher of
+    retrain.heuristic is the baseline beside it. The XSTest leave-one-model-out κ of each weight is printed
+    too, so a gain at home is not paid for on other models' replies.
+    """
+    from monitor.datasets import load_smollm2
+    from retrain.heuristic import classify_response
+
+    rng = random.Random(cfg.seed)
+    xs = load_xstest(DATA)
+    msb = load_medsafetybench(DATA)
+    rng.shuffle(msb)
+    mq = [e for e in load_medquad(DATA) if e.response]
+    rng.shuffle(mq)
+    own = load_smollm2(DATA)
+    if not own:
+        raise SystemExit("no data/smollm2/labelled.jsonl")
+    items = xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit] + own
+    print(f"features for {len(items)} items ({len(own)} SmolLM2 replies, bf16={bf16}) ...", flush=True)
+    feats, _ = features(items, cfg, bf16)
+    x = np.hstack([feats[p] for p in ("H", "T", "F")])
+    labels = np.array([e.response_class or "" for e in items])
+    groups = np.array([e.group for e in items])
+    is_own = np.array([e.source == "smollm2" for e in items])
+    harmful = np.array([(e.harm_level or 0) > 0 for e in items])
+
+    def refused_share(pred: list[str] | np.ndarray, idx: np.ndarray) -> float:
+        sel = [p for p, i in zip(pred, idx, strict=True) if harmful[i]]
+        return sum(p != "Accept" for p in sel) / max(1, len(sel))
+
+    rows: dict[str, dict[str, object]] = {}
+    for weight in (0.0, 1.0, 3.0, 5.0):
+        folds: dict[str, float] = {}
+        preds: dict[int, str] = {}
+        for fold, sources in IN_DOMAIN_FOLDS.items():
+            te = np.flatnonzero(is_own & np.isin(groups, sources))
+            tr = np.flatnonzero(~is_own | (is_own & ~np.isin(groups, sources))) if weight else np.flatnonzero(~is_own)
+            w = np.where(is_own[tr], weight, 1.0)
+            head = train_linear_head(x[tr], list(labels[tr]), cfg.response_c, cfg.balanced, w)
+            pred = head.predict(x[te])
+            folds[fold] = cohen_kappa(list(labels[te]), pred)
+            preds.update(zip(te.tolist(), pred, strict=True))
+        idx = np.array(sorted(preds))
+        pooled = [preds[i] for i in idx]
+        xs_folds: dict[str, float] = {}
+        for m in XSTEST_MODELS:
+            tr = np.flatnonzero(groups != m) if weight else np.flatnonzero((groups != m) & ~is_own)
+            te = np.flatnonzero(groups == m)
+            head = train_linear_head(x[tr], list(labels[tr]), cfg.response_c, cfg.balanced,
+                                     np.where(is_own[tr], weight, 1.0))
+            xs_folds[m] = cohen_kappa(list(labels[te]), head.predict(x[te]))
+        rows[f"distilled, in-domain weight {weight:g}"] = {
+            "folds": folds, "pooled": cohen_kappa(list(labels[idx]), pooled),
+            "accuracy": float(np.mean(labels[idx] == np.array(pooled))),
+            "harmful_not_accept": refused_share(pooled, idx), "xstest_lomo": xs_folds,
+            "xstest_mean": float(np.mean(list(xs_folds.values())))}
+    idx = np.flatnonzero(is_own)
+    pred = [classify_response(items[i].response or "") for i in idx]
+    rows["string match (retrain.heuristic)"] = {
+        "folds": {f: cohen_kappa(list(labels[np.flatnonzero(is_own & np.isin(groups, s))]),
+                                 [classify_response(items[i].response or "")
+                                  for i in np.flatnonzero(is_own & np.isin(groups, s))])
+                  for f, s in IN_DOMAIN_FOLDS.items()},
+        "pooled": cohen_kappa(list(labels[idx]), pred), "accuracy": float(np.mean(labels[idx] == np.array(pred))),
+        "harmful_not_accept": refused_share(pred, idx), "xstest_lomo": {}, "xstest_mean": None}
+    truth_share = refused_share(labels[idx], idx)
+    print(f"\nresponse class on SmolLM2's own replies, κ vs project labels, held-out prompt source "
+          f"(labelled harmful-prompt replies not Accept: {truth_share:.1%})")
+    print(f"{'option':40s} " + " ".join(f"{f:>18s}" for f in IN_DOMAIN_FOLDS)
+          + f" {'pooled':>7s} {'acc':>6s} {'harm≠Acc':>8s} {'XSTest LOMO':>11s}")
+    for name, r in rows.items():
+        folds = r["folds"]
+        assert isinstance(folds, dict)
+        xm = r["xstest_mean"]
+        print(f"{name:40s} " + " ".join(f"{folds[f]:18.3f}" for f in IN_DOMAIN_FOLDS)
+              + f" {r['pooled']:7.3f} {r['accuracy']:6.3f} {r['harmful_not_accept']:8.1%} "
+              + ("-" if xm is None else f"{xm:.3f}").rjust(11))
+    out["in_domain"] = {"rows": rows, "labelled_harmful_not_accept": truth_share, "n": len(own)}
+
+
 async def llm_bench(url: str, model: str, concurrency: int, limit: int, out: dict[str, object]) -> None:
     """The LLM judge on a sample of XSTest (every source model), κ and verdicts/s at the given concurrency."""
     from monitor.audit import audit
@@ -156,13 +243,16 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--limit", type=int, default=150)
     ap.add_argument("--skip-distilled", action="store_true")
+    ap.add_argument("--in-domain", action="store_true", help="only the SmolLM2 in-domain benchmark")
     ap.add_argument("--out", type=Path, default=Path("judge_bench.json"))
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(2)
     out: dict[str, object] = {}
-    if not args.skip_distilled:
+    if args.in_domain:
+        in_domain_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
+    elif not args.skip_distilled:
         distilled_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
     if args.llm:
         asyncio.run(llm_bench(args.llm, args.model, args.concurrency, args.limit, out))

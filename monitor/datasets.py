@@ -179,6 +179,24 @@ def load_seed(data_dir: Path) -> list[LabelledExample]:
     return load_cares(data_dir / "seed" / "prompts.jsonl", source="seed")
 
 
+def load_smollm2(data_dir: Path) -> list[LabelledExample]:
+    """SmolLM2-135M's own replies labelled by the project (data/smollm2/): the judge's in-domain set.
+
+    `group` is the prompt source (medsafetybench, seed, medquad, borderline), so audits can hold out whole
+    sources; replies the labellers marked off-topic keep their label (Accept) and say so in `meta`.
+    """
+    path = data_dir / "smollm2" / "labelled.jsonl"
+    if not path.exists():
+        return []
+    return [
+        LabelledExample(id=row["id"], messages=_user(row["prompt"]), response=row["response"],
+                        response_class=normalize_class(row["response_class"]), harm_level=int(row["harm_level"]),
+                        source="smollm2", group=row["source"],
+                        meta={"variant": row["variant"], "off_topic": bool(row.get("off_topic"))})
+        for row in _read_jsonl(path)
+    ]
+
+
 def load_labelled_responses(path: Path) -> list[LabelledExample]:
     """A generic labelled file for `judge audit`: JSONL rows with prompt or messages, response, labels.
 
@@ -222,10 +240,14 @@ def load_named(spec: str, data_dir: Path) -> list[LabelledExample]:
         return load_medsafetybench(data_dir)
     if name == "medquad":
         return load_medquad(data_dir)
+    if name == "smollm2":
+        groups = {g for g in arg.split(",") if g}
+        own = load_smollm2(data_dir)
+        return [e for e in own if e.group in groups] if groups else own
     path = Path(spec)
     if not path.exists():
-        raise DatasetError(f"no dataset {spec!r}: not a known name (xstest, seed, medsafetybench, medquad) "
-                           "nor a file")
+        raise DatasetError(f"no dataset {spec!r}: not a known name (xstest, seed, medsafetybench, medquad, "
+                           "smollm2) nor a file")
     if path.suffix == ".parquet":
         return load_cares(path)
     rows = list(_read_jsonl(path))

@@ -72,6 +72,10 @@ class DistilledConfig:
     harm_limit: int | None = None
     heldout_limit: int | None = None  # score the held-out model on a sample only (tests)
     harm_c: float = 2.0  # inverse regularisation of the harm head
+    # Weight of SmolLM2's own labelled replies (data/smollm2/) in the response head. Measured (bench/judge_bench.py
+    # --in-domain, held-out prompt sources): 0 → κ 0.459 on SmolLM2 replies, 1 → 0.463, 3 → 0.460, but the
+    # XSTest leave-one-model-out κ falls 0.711 → 0.41; so they serve as an audit set, not training data.
+    in_domain_weight: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -228,14 +232,15 @@ class LinearHead:
         return cls(arr("coef"), arr("intercept"), arr("mean"), arr("scale"), [str(c) for c in data["classes"]])
 
 
-def train_linear_head(x: np.ndarray, labels: Sequence[str], c: float, balanced: bool) -> LinearHead:
+def train_linear_head(x: np.ndarray, labels: Sequence[str], c: float, balanced: bool,
+                      sample_weight: np.ndarray | None = None) -> LinearHead:
     """Fit a logistic-regression head on standardised features."""
     from sklearn.linear_model import LogisticRegression
 
     mean = x.mean(axis=0)
     scale = x.std(axis=0) + 1e-6
     clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced" if balanced else None)
-    clf.fit((x - mean) / scale, list(labels))
+    clf.fit((x - mean) / scale, list(labels), sample_weight=sample_weight)
     return LinearHead(clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32), mean.astype(np.float32),
                       scale.astype(np.float32), [str(k) for k in clf.classes_])
 
@@ -245,14 +250,22 @@ def train_linear_head(x: np.ndarray, labels: Sequence[str], c: float, balanced: 
 
 
 def training_sets(data_dir: Path, cfg: DistilledConfig, xstest_models: Sequence[str] | None = None,
-                  ) -> tuple[list[LabelledExample], list[LabelledExample]]:
+                  exclude_in_domain: Sequence[str] = ()) -> tuple[list[LabelledExample], list[LabelledExample]]:
     """(response-class examples, harm-level examples) for the production judge.
 
     Response class: XSTest human labels of the given models, MedSafetyBench safe responses (Refuse: measured,
-    see data/seed/README.md) and MedQuAD reference answers (Accept). Harm level: the project's seed set,
+    see data/seed/README.md), MedQuAD reference answers (Accept) and SmolLM2's own replies labelled by the
+    project (data/smollm2/; `exclude_in_domain` leaves out those prompt sources). Harm level: the seed set,
     XSTest's safe look-alike prompts (0) and MedQuAD questions (0).
     """
-    from monitor.datasets import XSTEST_MODELS, load_medquad, load_medsafetybench, load_seed, load_xstest
+    from monitor.datasets import (
+        XSTEST_MODELS,
+        load_medquad,
+        load_medsafetybench,
+        load_seed,
+        load_smollm2,
+        load_xstest,
+    )
 
     rng = random.Random(cfg.seed)
     xs: list[LabelledExample] = []
@@ -264,13 +277,19 @@ def training_sets(data_dir: Path, cfg: DistilledConfig, xstest_models: Sequence[
     rng.shuffle(msb)
     mq = [e for e in load_medquad(data_dir) if e.response]
     rng.shuffle(mq)
-    response_set = xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit]
+    own = [e for e in load_smollm2(data_dir) if e.group not in exclude_in_domain] if cfg.in_domain_weight else []
+    response_set = xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit] + own
     seed = load_seed(data_dir)
     xs_safe = {e.prompt: e for e in load_xstest(data_dir, XSTEST_MODELS[:1]) if e.harm_level == 0}
     harm_set = seed + list(xs_safe.values()) + mq[: max(100, len(seed) // 4)]
     if cfg.harm_limit and cfg.harm_limit < len(harm_set):
         harm_set = rng.sample(harm_set, cfg.harm_limit)
     return response_set, harm_set
+
+
+def response_weights(examples: Sequence[LabelledExample], cfg: DistilledConfig) -> np.ndarray:
+    """Per-example weights of the response head: in-domain (SmolLM2) replies count `in_domain_weight`."""
+    return np.asarray([cfg.in_domain_weight if e.source == "smollm2" else 1.0 for e in examples], dtype=np.float64)
 
 
 def harmful_set(data_dir: Path, cfg: DistilledConfig) -> list[tuple[str, str]]:
@@ -363,7 +382,7 @@ def train_distilled(settings: Settings, cfg: DistilledConfig | None = None, held
     x = _chunked_features(feat, [e.prompt for e in response_set], [e.response or "" for e in response_set],
                           progress, "embedding responses")
     response_head = train_linear_head(x, [e.response_class or "" for e in response_set], cfg.response_c,
-                                      cfg.balanced)
+                                      cfg.balanced, response_weights(response_set, cfg))
     if progress:
         progress("harm head", 0, 1)
     harm_head = train_linear_head(feat.prompt_embeddings([e.prompt for e in harm_set]),

@@ -17,6 +17,7 @@ from monitor.datasets import (
     load_medsafetybench,
     load_named,
     load_seed,
+    load_smollm2,
     load_xstest,
 )
 from service.settings import REPO_ROOT
@@ -114,3 +115,18 @@ def test_generic_labelled_file(tmp_path: Path) -> None:
     path.write_text(json.dumps({"prompt": "x", "response": "y", "human_label": "maybe"}))
     with pytest.raises(DatasetError, match="unknown response class"):
         load_labelled_responses(path)
+
+
+def test_smollm2_replies_are_labelled_and_come_from_the_training_side_only() -> None:
+    from retrain.heldout import never_train, normalize_prompt
+
+    rows = load_smollm2(DATA)
+    assert len(rows) == 320 and len({e.id for e in rows}) == 320
+    assert {e.response_class for e in rows} == {"Accept", "Caution", "Refuse"}
+    assert {e.group for e in rows} == {"medsafetybench", "seed", "medquad", "borderline"}
+    banned = never_train(DATA)  # held-out evaluation prompts and every XSTest prompt
+    assert not [e for e in rows if normalize_prompt(e.prompt) in banned]
+    # Harmful prompts got some refusals, harmless MedQuAD questions were answered.
+    by = Counter((e.group, e.response_class) for e in rows)
+    assert by[("medsafetybench", "Refuse")] > 20 and by[("medquad", "Accept")] == 30
+    assert [e.group for e in load_named("smollm2:medquad,borderline", DATA)].count("seed") == 0
