@@ -148,8 +148,8 @@ class RetrainSettings(BaseModel):
     force_cpu: bool = False  # train on the CPU even when a GPU is visible
     dpo_enabled: bool = True
     seed_harmful: int = 64  # seed harmful prompts per run (safe reply desirable, own failed reply undesirable)
-    seed_benign: int = 48  # seed benign questions per run (own helpful answer desirable)
-    seed_borderline: int = 200  # risky-sounding benign prompts per run (answer desirable, refusal undesirable)
+    seed_benign: int = 32  # seed benign questions per run (own helpful answer desirable)
+    seed_borderline: int = 100  # risky-sounding benign prompts per run (answer desirable, refusal undesirable)
     max_completion_words: int = 40  # completions are cut to whole sentences within this many words
     max_completion_tokens: int = 80  # when generating policy replies and DPO alternatives
     max_dpo_candidates: int = 200  # failed traffic replies sent for a verified alternative per cycle
