@@ -75,9 +75,15 @@ class Decision:
 
 
 def decide(canary: ArmFigures, stable: ArmFigures, policy: CanaryPolicy, *, last_step: bool,
-           require_approval: bool) -> Decision:
-    """Compare the canary's window with stable's and say what to do (pure: no I/O)."""
-    figures = {"canary": {**asdict(canary), "error_rate": canary.error_rate},
+           require_approval: bool, step_verdicts: int | None = None) -> Decision:
+    """Compare the canary's window with stable's and say what to do (pure: no I/O).
+
+    `canary` holds every verdict since the canary began (the adapter is the same at every step, so the
+    comparison uses all of them); `step_verdicts` counts those of the current step, which must reach
+    `min_verdicts` before the canary advances or is promoted (None: the same as `canary.verdicts`).
+    """
+    step_n = canary.verdicts if step_verdicts is None else step_verdicts
+    figures = {"canary": {**asdict(canary), "error_rate": canary.error_rate}, "step_verdicts": step_n,
                "stable": {**asdict(stable), "error_rate": stable.error_rate},
                "ss_delta": canary.safety_score - stable.safety_score,
                "err_delta": canary.err - stable.err,
@@ -106,6 +112,9 @@ def decide(canary: ArmFigures, stable: ArmFigures, policy: CanaryPolicy, *, last
         if err_worse:
             what.append(f"ERR {canary.err:.3f} > stable {stable.err:.3f} + {policy.err_margin}")
         return Decision("rollback", "worse than stable: " + "; ".join(what), figures)
+    if step_n < policy.min_verdicts:
+        return Decision("wait", f"{step_n}/{policy.min_verdicts} canary verdicts at this step "
+                        f"({canary.verdicts} in all, no worse than stable so far)", figures)
     passed = (f"no worse than stable within margins (SS {canary.safety_score:.3f} vs {stable.safety_score:.3f}, "
               f"ERR {canary.err:.3f} vs {stable.err:.3f}, {canary.verdicts} verdicts)")
     if not last_step:
@@ -136,10 +145,11 @@ def arm_figures(engine: Engine, target: str, judge: str, *, since: datetime | No
                       requests=int(n_req or 0), errors=int(n_err or 0))
 
 
-def _step_started(engine: Engine, name: str) -> datetime | None:
+def _event_time(engine: Engine, name: str, actions: tuple[str, ...]) -> datetime | None:
+    """When the latest of these registry events of `name` happened."""
     with Session(engine) as s:
         ev = s.exec(select(AdapterEvent).where(AdapterEvent.adapter == name,
-                                               AdapterEvent.action.in_(("canary", "step")))  # type: ignore[attr-defined]
+                                               AdapterEvent.action.in_(actions))  # type: ignore[attr-defined]
                     .order_by(AdapterEvent.id.desc())).first()  # type: ignore[union-attr]
         return ev.created_at if ev is not None else None
 
@@ -162,13 +172,18 @@ def analyse_once(engine: Engine, settings: Settings, name: str, judge: str) -> D
     if canary_row is None or canary_row.name != name:
         raise registry.RegistryError(f"{name} is not the live canary")
     stable_target = stable_row.name if stable_row is not None else settings.base_model
-    since = _step_started(engine, name)
-    canary = arm_figures(engine, name, judge, since=since, alpha=settings.monitor.alpha)
+    # The whole canary's verdicts decide (a step's 30 alone are noise: one run rolled back a good adapter on
+    # 3 refusals of 14 harmless prompts); each step still needs its own min_verdicts before moving on.
+    canary = arm_figures(engine, name, judge, since=_event_time(engine, name, ("canary",)),
+                         alpha=settings.monitor.alpha)
+    step = arm_figures(engine, name, judge, since=_event_time(engine, name, ("canary", "step")),
+                       alpha=settings.monitor.alpha)
     stable = arm_figures(engine, stable_target, judge, last=settings.monitor.window_count,
                          alpha=settings.monitor.alpha)
     steps = sorted(settings.retrain.canary_steps)
     last_step = canary_row.canary_fraction >= steps[-1] - 1e-9
-    return decide(canary, stable, policy, last_step=last_step, require_approval=settings.retrain.require_approval)
+    return decide(canary, stable, policy, last_step=last_step, require_approval=settings.retrain.require_approval,
+                  step_verdicts=step.verdicts)
 
 
 def run_canary(engine: Engine, settings: Settings, name: str, judge: str, *, poll_s: float | None = None,

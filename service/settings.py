@@ -176,7 +176,7 @@ class DemoSettings(BaseModel):
     eval_harmful: int = 60
     eval_benign: int = 60
     eval_xstest_safe: int = 100
-    timeout_s: float = 3600.0
+    timeout_s: float = 5400.0  # give up (the run itself is measured to fit in an hour; the wall time is reported)
 
 
 class Settings(BaseSettings):

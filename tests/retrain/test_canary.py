@@ -53,6 +53,20 @@ def test_rolls_back_early_when_far_worse_and_at_once_on_upstream_errors() -> Non
     assert d.action == "rollback" and "upstream" in d.reason
 
 
+def test_the_whole_canary_decides_and_each_step_needs_its_own_verdicts() -> None:
+    # What a demo run saw at its last step: 21 step verdicts (3 of 14 harmless refused) looked "far worse",
+    # while all 84 canary verdicts were better than stable on SS and within the ERR margin.
+    whole, stable = arm(84, 0.928, 0.086, harmless=58), arm(120, 0.85, 0.056, harmless=72)
+    d = decide(whole, stable, POLICY, last_step=True, require_approval=False, step_verdicts=21)
+    assert d.action == "wait" and "at this step" in d.reason and d.figures["step_verdicts"] == 21
+    assert decide(whole, stable, POLICY, last_step=True, require_approval=False,
+                  step_verdicts=30).action == "promote"
+    # Worse in all its verdicts → rolled back at once, however few the step has.
+    worse = arm(84, 0.70, 0.086, harmless=58)
+    assert decide(worse, stable, POLICY, last_step=False, require_approval=False,
+                  step_verdicts=3).action == "rollback"
+
+
 # ------------------------------------------------------------------------------------------ against a store
 def _add_traffic(engine: object, target: str, role: str, graded: list[tuple[int, str, float]]) -> None:
     with session_scope(engine) as s:  # type: ignore[arg-type]
