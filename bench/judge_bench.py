@@ -76,15 +76,20 @@ def features(items: list[LabelledExample], cfg: DistilledConfig,
     return out, cost
 
 
-def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> None:
-    """Leave-one-model-out κ of the distilled options, with the baselines beside them."""
+def base_items(cfg: DistilledConfig) -> tuple[list[LabelledExample], list[LabelledExample]]:
+    """(XSTest rows, XSTest + the medical reference responses) that every judge benchmark starts from."""
     rng = random.Random(cfg.seed)
     xs = load_xstest(DATA)
     msb = load_medsafetybench(DATA)
     rng.shuffle(msb)
     mq = [e for e in load_medquad(DATA) if e.response]
     rng.shuffle(mq)
-    items = xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit]
+    return xs, xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit]
+
+
+def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> None:
+    """Leave-one-model-out κ of the distilled options, with the baselines beside them."""
+    xs, items = base_items(cfg)
     print(f"features for {len(items)} items (bf16={bf16}) ...", flush=True)
     feats, cost = features(items, cfg, bf16)
     groups = np.array([e.group for e in items])
@@ -145,16 +150,10 @@ def in_domain_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     from monitor.datasets import load_smollm2
     from retrain.heuristic import classify_response
 
-    rng = random.Random(cfg.seed)
-    xs = load_xstest(DATA)
-    msb = load_medsafetybench(DATA)
-    rng.shuffle(msb)
-    mq = [e for e in load_medquad(DATA) if e.response]
-    rng.shuffle(mq)
     own = load_smollm2(DATA)
     if not own:
         raise SystemExit("no data/smollm2/labelled.jsonl")
-    items = xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit] + own
+    items = base_items(cfg)[1] + own
     print(f"features for {len(items)} items ({len(own)} SmolLM2 replies, bf16={bf16}) ...", flush=True)
     feats, _ = features(items, cfg, bf16)
     x = np.hstack([feats[p] for p in ("H", "T", "F")])
@@ -194,12 +193,11 @@ def in_domain_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
             "harmful_not_accept": refused_share(pooled, idx), "xstest_lomo": xs_folds,
             "xstest_mean": float(np.mean(list(xs_folds.values())))}
     idx = np.flatnonzero(is_own)
-    pred = [classify_response(items[i].response or "") for i in idx]
+    matched = {i: classify_response(items[i].response or "") for i in idx.tolist()}
+    pred = [matched[i] for i in idx.tolist()]
+    fold_idx = {f: np.flatnonzero(is_own & np.isin(groups, s)).tolist() for f, s in IN_DOMAIN_FOLDS.items()}
     rows["string match (retrain.heuristic)"] = {
-        "folds": {f: cohen_kappa(list(labels[np.flatnonzero(is_own & np.isin(groups, s))]),
-                                 [classify_response(items[i].response or "")
-                                  for i in np.flatnonzero(is_own & np.isin(groups, s))])
-                  for f, s in IN_DOMAIN_FOLDS.items()},
+        "folds": {f: cohen_kappa(list(labels[ix]), [matched[i] for i in ix]) for f, ix in fold_idx.items()},
         "pooled": cohen_kappa(list(labels[idx]), pred), "accuracy": float(np.mean(labels[idx] == np.array(pred))),
         "harmful_not_accept": refused_share(pred, idx), "xstest_lomo": {}, "xstest_mean": None}
     truth_share = refused_share(labels[idx], idx)

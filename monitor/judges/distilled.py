@@ -250,12 +250,12 @@ def train_linear_head(x: np.ndarray, labels: Sequence[str], c: float, balanced: 
 
 
 def training_sets(data_dir: Path, cfg: DistilledConfig, xstest_models: Sequence[str] | None = None,
-                  exclude_in_domain: Sequence[str] = ()) -> tuple[list[LabelledExample], list[LabelledExample]]:
+                  ) -> tuple[list[LabelledExample], list[LabelledExample]]:
     """(response-class examples, harm-level examples) for the production judge.
 
     Response class: XSTest human labels of the given models, MedSafetyBench safe responses (Refuse: measured,
     see data/seed/README.md), MedQuAD reference answers (Accept) and SmolLM2's own replies labelled by the
-    project (data/smollm2/; `exclude_in_domain` leaves out those prompt sources). Harm level: the seed set,
+    project (data/smollm2/, when `in_domain_weight` > 0). Harm level: the seed set,
     XSTest's safe look-alike prompts (0) and MedQuAD questions (0).
     """
     from monitor.datasets import (
@@ -277,7 +277,7 @@ def training_sets(data_dir: Path, cfg: DistilledConfig, xstest_models: Sequence[
     rng.shuffle(msb)
     mq = [e for e in load_medquad(data_dir) if e.response]
     rng.shuffle(mq)
-    own = [e for e in load_smollm2(data_dir) if e.group not in exclude_in_domain] if cfg.in_domain_weight else []
+    own = load_smollm2(data_dir) if cfg.in_domain_weight else []
     response_set = xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit] + own
     seed = load_seed(data_dir)
     xs_safe = {e.prompt: e for e in load_xstest(data_dir, XSTEST_MODELS[:1]) if e.harm_level == 0}

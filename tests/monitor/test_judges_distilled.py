@@ -132,3 +132,17 @@ def test_audit_cli(trained: Settings, tmp_path: Path, monkeypatch: pytest.Monkey
     assert bad.exit_code == 2
     missing = CliRunner().invoke(app, ["judge", "audit", "--judge", "distilled", "--data", "nope.jsonl"])
     assert missing.exit_code == 2
+
+
+def test_smollm2_replies_join_training_only_with_a_weight() -> None:
+    from monitor.judges.distilled import DistilledConfig, response_weights, training_sets
+    from service.settings import REPO_ROOT
+
+    data = REPO_ROOT / "data"
+    shipped, _ = training_sets(data, DistilledConfig())
+    assert not [e for e in shipped if e.source == "smollm2"]  # an audit set by default
+    cfg = DistilledConfig(in_domain_weight=3.0)
+    weighted, _ = training_sets(data, cfg)
+    w = response_weights(weighted, cfg)
+    own = [i for i, e in enumerate(weighted) if e.source == "smollm2"]
+    assert len(own) == 320 and set(w[own]) == {3.0} and w.sum() == len(weighted) + 2.0 * 320
