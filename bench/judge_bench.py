@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/judge_bench.py                       # distilled options, leave-one-model-out
     .venv/bin/python bench/judge_bench.py --in-domain           # on SmolLM2's own labelled replies
+    .venv/bin/python bench/judge_bench.py --cross-encoder       # the fine-tuned cross-encoder, per fold
     .venv/bin/python bench/judge_bench.py --llm http://127.0.0.1:8000 --model smollm2-135m --limit 150
 
 Distilled options share one pass of frozen MiniLM features over all data; each fold fits its heads on two
@@ -18,6 +19,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ from monitor.judges.distilled import (
     load_prompt_encoder,
     train_linear_head,
 )
-from monitor.scoring import cohen_kappa, normalize_class
+from monitor.scoring import RESPONSE_CLASSES, cohen_kappa, confusion_matrix, normalize_class
 from service.settings import REPO_ROOT
 
 DATA = REPO_ROOT / "data"
@@ -215,6 +217,56 @@ def in_domain_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     out["in_domain"] = {"rows": rows, "labelled_harmful_not_accept": truth_share, "n": len(own)}
 
 
+def cross_encoder_bench(cfg: DistilledConfig, folds: Sequence[str], out: dict[str, object]) -> None:
+    """Leave-one-model-out κ of the cross-encoder as served (int8) and in fp32, beside the logistic head on the
+    same fold and the two averaged; training seconds and int8 verdicts/s of each fold."""
+    import tempfile
+
+    from monitor.judges.cross_encoder import load_cross_encoder, train_cross_encoder
+
+    _, items = base_items(cfg)
+    print(f"frozen features for the logistic head ({len(items)} items) ...", flush=True)
+    feats, _ = features(items, cfg, bf16=False)
+    x = np.hstack([feats[p] for p in ("H", "T", "F")])
+    groups = np.array([e.group for e in items])
+    labels = [e.response_class or "" for e in items]
+    prompts, responses = [e.prompt for e in items], [e.response or "" for e in items]
+    rows: dict[str, dict[str, object]] = {}
+    for m in folds:
+        tr, te = np.flatnonzero(groups != m).tolist(), np.flatnonzero(groups == m).tolist()
+        truth = [labels[i] for i in te]
+        t0 = time.perf_counter()
+        model = train_cross_encoder([prompts[i] for i in tr], [responses[i] for i in tr], [labels[i] for i in tr],
+                                    cfg.cross_encoder)
+        train_s = time.perf_counter() - t0
+        tp, tr_ = [prompts[i] for i in te], [responses[i] for i in te]
+        p32 = model.predict_proba(tp, tr_)
+        with tempfile.TemporaryDirectory() as d:
+            model.save(Path(d))
+            served = load_cross_encoder(Path(d))
+            t1 = time.perf_counter()
+            p8 = served.predict_proba(tp, tr_)
+            rate = len(te) / (time.perf_counter() - t1)
+        head = train_linear_head(x[tr], [labels[i] for i in tr], cfg.response_c, cfg.balanced)
+        order = [head.classes.index(c) for c in RESPONSE_CLASSES]
+        plr = head.predict_proba(x[te])[:, order]
+
+        def kappa(p: np.ndarray, truth: list[str] = truth) -> float:
+            return cohen_kappa(truth, [RESPONSE_CLASSES[i] for i in p.argmax(axis=1)])
+
+        rows[m] = {"cross_encoder_int8": kappa(p8), "cross_encoder_fp32": kappa(p32), "logistic_head": kappa(plr),
+                   "average_int8_logistic": kappa((p8 + plr) / 2), "train_s": train_s, "int8_verdicts_per_s": rate,
+                   "confusion_int8": confusion_matrix(truth, [RESPONSE_CLASSES[i] for i in p8.argmax(axis=1)])}
+        print(f"{m}: {json.dumps(rows[m], default=float)}", flush=True)
+    keys = ("cross_encoder_int8", "cross_encoder_fp32", "logistic_head", "average_int8_logistic")
+    print(f"\nresponse class, κ vs human labels, held-out source model\n{'option':24s} "
+          + " ".join(f"{m:>16s}" for m in folds) + f" {'mean':>6s}")
+    for k in keys:
+        vals = [float(rows[m][k]) for m in folds]  # type: ignore[arg-type]
+        print(f"{k:24s} " + " ".join(f"{v:16.3f}" for v in vals) + f" {np.mean(vals):6.3f}")
+    out["cross_encoder"] = {"folds": rows, "config": cfg.cross_encoder.__dict__}
+
+
 async def llm_bench(url: str, model: str, concurrency: int, limit: int, out: dict[str, object]) -> None:
     """The LLM judge on a sample of XSTest (every source model), κ and verdicts/s at the given concurrency."""
     from monitor.audit import audit
@@ -242,13 +294,17 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=150)
     ap.add_argument("--skip-distilled", action="store_true")
     ap.add_argument("--in-domain", action="store_true", help="only the SmolLM2 in-domain benchmark")
+    ap.add_argument("--cross-encoder", nargs="*", metavar="FOLD",
+                    help="only the cross-encoder benchmark (on these held-out models; default all three)")
     ap.add_argument("--out", type=Path, default=Path("judge_bench.json"))
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(2)
     out: dict[str, object] = {}
-    if args.in_domain:
+    if args.cross_encoder is not None:
+        cross_encoder_bench(DistilledConfig(), args.cross_encoder or XSTEST_MODELS, out)
+    elif args.in_domain:
         in_domain_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
     elif not args.skip_distilled:
         distilled_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)

