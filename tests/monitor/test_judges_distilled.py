@@ -166,6 +166,36 @@ def test_unknown_response_model_is_refused(tmp_path: Path) -> None:
         train_distilled(Settings(home=tmp_path / "h"), replace(TINY, response_model="svm"))
 
 
+@pytest.mark.slow
+def test_production_recipe_on_a_held_out_source_model(tmp_path: Path) -> None:
+    """The shipped recipe, trained without mistralinstruct, scored on it (about 2-3 minutes on 2 cores).
+
+    Guards the measured 0.645-0.655 (monitor/judges/README.md); the issue's 0.85 target is not met yet.
+    """
+    settings = Settings(home=tmp_path / "home")
+    report = train_distilled(settings, DistilledConfig(), heldout_model="mistralinstruct")
+    assert report.heldout["kappa"] >= 0.6, report.heldout
+
+
+def test_audit_cli(trained: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from careloop.cli import app
+
+    monkeypatch.setenv("CARELOOP_HOME", str(trained.home))
+    out = tmp_path / "audit.json"
+    result = CliRunner().invoke(app, ["judge", "audit", "--judge", "distilled", "--data", "xstest:mistralinstruct",
+                                      "--limit", "20", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["n"] == 20 and report["judge"] == "distilled" and len(report["confusion"]) == 3
+    assert "Cohen's kappa" in result.output
+    bad = CliRunner().invoke(app, ["judge", "audit", "--judge", "oracle", "--data", "seed"])
+    assert bad.exit_code == 2
+    missing = CliRunner().invoke(app, ["judge", "audit", "--judge", "distilled", "--data", "nope.jsonl"])
+    assert missing.exit_code == 2
+
+
 def test_smollm2_replies_join_training_only_with_a_weight() -> None:
     from monitor.judges.distilled import DistilledConfig, response_weights, training_sets
     from service.settings import REPO_ROOT
