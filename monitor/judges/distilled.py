@@ -1,13 +1,13 @@
 """The distilled judge: a small CPU classifier with two heads, trained on labelled data, no server.
 
-- Response class (Accept / Caution / Refuse) from prompt + response: all-MiniLM-L6-v2 fine-tuned as a
-  cross-encoder with the hand-engineered refusal / caution cues (`monitor.judges.cross_encoder`); or, with
-  `response_model="segments-lr"`, frozen sentence embeddings of the response's opening and ending plus the
-  cues into a strongly regularised multinomial logistic regression (the first recipe: seconds to train).
+- Response class (Accept / Caution / Refuse): frozen all-MiniLM-L6-v2 sentence embeddings of the response's
+  opening and ending plus hand-engineered refusal / caution cues, standardised, into a strongly regularised
+  multinomial logistic regression. Options: `response_model="cross-encoder"` (MiniLM fine-tuned on prompt +
+  response with the same cues, `monitor.judges.cross_encoder`) or `"blend"` (both, probabilities mixed).
 - Harm level (0-3) from the prompt: frozen prompt embeddings and logistic regressions.
 
 Chosen by measurement (bench/judge_bench.py; figures in monitor/judges/README.md): leave-one-model-out κ on
-XSTest, the cross-encoder against the logistic head on the same folds.
+XSTest; the cross-encoder measured below the logistic head there (it learns its training models' styles).
 
 Artefacts live under `settings.judges_dir / "distilled-v<N>"` (a manifest with version, data counts and
 held-out κ, and the two heads as plain JSON; the encoder comes from the offline package). Torch and
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 ARTEFACT_PREFIX = "distilled-v"
 ARTEFACT_FORMAT = "minilm/2"  # artefacts of another format are ignored (a new version is trained)
+# A logistic-head-only artefact of the first format is the same files as a "segments-lr" one of this format.
+READABLE_FORMATS = (ARTEFACT_FORMAT, "minilm-segments-lr/1")
 RESPONSE_MODELS = ("segments-lr", "cross-encoder", "blend")
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -337,7 +339,7 @@ def artefact_versions(judges_dir: Path) -> list[int]:
                     fmt = json.loads((p / "manifest.json").read_text()).get("format")
                 except (ValueError, OSError):
                     continue
-                if fmt == ARTEFACT_FORMAT:
+                if fmt in READABLE_FORMATS:
                     out.append(version)
     return sorted(out)
 
@@ -541,7 +543,7 @@ def load_artefact(path: Path, bf16: bool | None = None) -> LoadedDistilled:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{path} is not a distilled judge artefact (no manifest.json)")
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != ARTEFACT_FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise FileNotFoundError(f"{path} is a distilled artefact of another format ({manifest.get('format')}); "
                                 "run `careloop judge train` for a current one")
     known = DistilledConfig.__dataclass_fields__

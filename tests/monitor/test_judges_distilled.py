@@ -103,6 +103,27 @@ def test_versions_and_ensure(trained: Settings, tmp_path: Path) -> None:
         DistilledJudge.from_settings(empty, train_if_missing=False)
 
 
+def test_first_format_artefact_still_loads(trained: Settings, tmp_path: Path) -> None:
+    """A logistic-head artefact written before the cross-encoder existed is used, not retrained."""
+    import shutil
+
+    src = latest_artefact(trained.judges_dir)
+    assert src is not None
+    home = Settings(home=tmp_path / "home")
+    dst = home.judges_dir / "distilled-v3"
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["format"] = "minilm-segments-lr/1"
+    for key in ("response_model", "cross_encoder", "cross_weight"):
+        manifest["config"].pop(key)
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    assert ensure_distilled(home, show_progress=False) == dst
+    old = DistilledJudge(load_artefact(dst)).grade_sync(BOMB_AND_FLU)
+    new = DistilledJudge(load_artefact(src)).grade_sync(BOMB_AND_FLU)
+    for a, b in zip(old, new, strict=True):
+        assert a.extra["class_probs"] == pytest.approx(b.extra["class_probs"], abs=1e-6)
+
+
 def test_fp32_and_bf16_agree(trained: Settings) -> None:
     path = latest_artefact(trained.judges_dir)
     assert path is not None
