@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,9 @@ from monitor.judges.distilled import (
     embed_texts,
     hand_features,
     load_prompt_encoder,
+    opening_sentences,
     train_linear_head,
+    truncated_encoder,
 )
 from monitor.scoring import RESPONSE_CLASSES, cohen_kappa, confusion_matrix, normalize_class
 from service.settings import REPO_ROOT
@@ -98,7 +101,7 @@ def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     labels = [e.response_class or "" for e in items]
     options = {"frozen MiniLM joint + LR (floor)": ["J"], "segments P+H+T + LR": ["P", "H", "T"],
                "segments P+H+T + hand cues + LR": ["P", "H", "T", "F"],
-               "head+tail + hand cues + LR (shipped)": ["H", "T", "F"],
+               "head+tail + hand cues + LR (v2 recipe)": ["H", "T", "F"],
                "head+tail+joint + hand cues + LR": ["H", "T", "J", "F"], "hand cues only + LR": ["F"]}
     rows: dict[str, dict[str, object]] = {}
     truth_by_fold = {m: [labels[i] for i in np.flatnonzero(groups == m)] for m in XSTEST_MODELS}
@@ -208,10 +211,10 @@ def in_domain_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     print(f"{'option':40s} " + " ".join(f"{f:>18s}" for f in IN_DOMAIN_FOLDS)
           + f" {'pooled':>7s} {'acc':>6s} {'harm≠Acc':>8s} {'XSTest LOMO':>11s}")
     for name, r in rows.items():
-        folds = r["folds"]
-        assert isinstance(folds, dict)
+        per_source = r["folds"]
+        assert isinstance(per_source, dict)
         xm = r["xstest_mean"]
-        print(f"{name:40s} " + " ".join(f"{folds[f]:18.3f}" for f in IN_DOMAIN_FOLDS)
+        print(f"{name:40s} " + " ".join(f"{per_source[f]:18.3f}" for f in IN_DOMAIN_FOLDS)
               + f" {r['pooled']:7.3f} {r['accuracy']:6.3f} {r['harmful_not_accept']:8.1%} "
               + ("-" if xm is None else f"{xm:.3f}").rjust(11))
     out["in_domain"] = {"rows": rows, "labelled_harmful_not_accept": truth_share, "n": len(own)}
@@ -266,6 +269,120 @@ def cross_encoder_bench(cfg: DistilledConfig, folds: Sequence[str], out: dict[st
         print(f"{k:24s} " + " ".join(f"{v:16.3f}" for v in vals) + f" {np.mean(vals):6.3f}")
     out["cross_encoder"] = {"folds": rows, "config": cfg.cross_encoder.__dict__}
 
+BUDGET_HEADS = (32, 48, 64, 80, 96, 128)
+BUDGET_LAYERS = (2, 3, 4, 5, 6)
+V2_RECIPE = (128, 64, 6, False)  # (head tokens, tail tokens, layers, opening sentences): the judge before v3
+
+
+def embed_by_layer(encoder: Any, tok: Any, texts: Sequence[str], max_length: int, from_end: bool = False,
+                   batch_size: int = 64) -> np.ndarray:
+    """Mean-pooled, normalised embeddings after every encoder layer: shape (layers + 1, len(texts), hidden)."""
+    import torch
+
+    out = np.zeros((int(encoder.config.num_hidden_layers) + 1, len(texts), int(encoder.config.hidden_size)),
+                   dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    side = tok.truncation_side
+    tok.truncation_side = "left" if from_end else "right"
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                enc = tok([texts[i] or " " for i in idx], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt")
+                m = enc["attention_mask"].unsqueeze(-1).float()
+                for k, h in enumerate(encoder(**enc, output_hidden_states=True).hidden_states):
+                    pooled = (h.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+                    out[k, idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    finally:
+        tok.truncation_side = side
+    return out
+
+
+def encoder_rate(encoder: Any, tok: Any, prompts: Sequence[str], responses: Sequence[str], head: int, tail: int,
+                 layers: int, prompt_tokens: int, batch_size: int = 32) -> float:
+    """Verdicts/s of the encoder passes one configuration needs: the prompt (all layers, for the harm heads),
+    the response's opening and, if any, its ending (first `layers` layers)."""
+    short = truncated_encoder(encoder, layers)
+    embed_texts(encoder, tok, prompts[:batch_size], prompt_tokens)  # warm-up
+    t0 = time.perf_counter()
+    for s in range(0, len(responses), batch_size):
+        embed_texts(encoder, tok, prompts[s:s + batch_size], prompt_tokens, batch_size=batch_size)
+        embed_texts(short, tok, responses[s:s + batch_size], head, batch_size=batch_size)
+        if tail:
+            embed_texts(short, tok, responses[s:s + batch_size], tail, from_end=True, batch_size=batch_size)
+    return len(responses) / (time.perf_counter() - t0)
+
+
+def budget_bench(cfg: DistilledConfig, out: dict[str, object]) -> None:
+    """κ (leave-one-model-out) against verdicts/s: opening length × encoder depth, with and without the opening
+    sentences in training, beside the v2 recipe (opening + ending after the last layer); fp32 features."""
+    import copy
+
+    import torch
+
+    _, items = base_items(cfg)
+    openings = opening_sentences(items)
+    encoder, tok = load_prompt_encoder()
+    responses = [e.response or "" for e in items]
+    groups = np.array([e.group for e in items])
+    labels = [e.response_class or "" for e in items]
+    o_groups = np.array([e.group for e in openings])
+    o_labels = [e.response_class or "" for e in openings]
+    print(f"per-layer features for {len(items)} items and {len(openings)} opening sentences ...", flush=True)
+    heads = {h: embed_by_layer(encoder, tok, responses, h) for h in BUDGET_HEADS}
+    o_heads = {h: embed_by_layer(encoder, tok, [e.response or "" for e in openings], h) for h in BUDGET_HEADS}
+    tail = embed_by_layer(encoder, tok, responses, V2_RECIPE[1], from_end=True)
+    cues = np.asarray([hand_features(r) for r in responses], dtype=np.float32)
+    o_cues = np.asarray([hand_features(e.response or "") for e in openings], dtype=np.float32)
+
+    def lomo(x: np.ndarray, xo: np.ndarray | None) -> dict[str, float]:
+        folds = {}
+        for m in XSTEST_MODELS:
+            tr, te = np.flatnonzero(groups != m), np.flatnonzero(groups == m)
+            xt, yt = x[tr], [labels[i] for i in tr]
+            if xo is not None:
+                keep = np.flatnonzero(o_groups != m)
+                xt, yt = np.vstack([xt, xo[keep]]), yt + [o_labels[i] for i in keep]
+            head = train_linear_head(xt, yt, cfg.response_c, cfg.balanced)
+            folds[m] = cohen_kappa([labels[i] for i in te], head.predict(x[te]))
+        return folds
+
+    rows: list[dict[str, Any]] = []
+    for with_openings in (False, True):
+        for h in BUDGET_HEADS:
+            for layers in BUDGET_LAYERS:
+                x = np.hstack([heads[h][layers], cues])
+                folds = lomo(x, np.hstack([o_heads[h][layers], o_cues]) if with_openings else None)
+                rows.append({"head": h, "tail": 0, "layers": layers, "openings": with_openings, "folds": folds,
+                             "mean": float(np.mean(list(folds.values()))), "cost": h * layers})
+                print(f"  openings {with_openings!s:5s} head {h:3d} layers {layers}: κ {rows[-1]['mean']:.3f}",
+                      flush=True)
+    h, t, layers, _ = V2_RECIPE
+    folds = lomo(np.hstack([heads[h][layers], tail[layers], cues]), None)
+    v2 = {"head": h, "tail": t, "layers": layers, "openings": False, "folds": folds,
+          "mean": float(np.mean(list(folds.values()))), "cost": (h + t) * layers}
+    rows.append(v2)
+    # Throughput where it decides something: configurations that no cheaper one matches on κ, and the v2 recipe.
+    front = [r for r in rows if not any(o["cost"] < r["cost"] and o["mean"] >= r["mean"] for o in rows)]
+    if v2 not in front:
+        front.append(v2)
+    xs = [i for i, e in enumerate(items) if e.group in XSTEST_MODELS]
+    sample = xs[:: max(1, len(xs) // 300)]
+    rate_p, rate_r = [items[i].prompt for i in sample], [responses[i] for i in sample]
+    precisions = {"fp32": encoder}
+    if _bf16_fast():
+        precisions["bf16"] = copy.deepcopy(encoder).to(torch.bfloat16)
+    print(f"\n{'head':>4s} {'tail':>4s} {'layers':>6s} {'openings':>8s} " + " ".join(f"{m:>16s}" for m in XSTEST_MODELS)
+          + f" {'mean':>6s} " + " ".join(f"{p + ' v/s':>9s}" for p in precisions), flush=True)
+    for r in sorted(front, key=lambda r: (r["cost"], r["mean"])):
+        r["verdicts_per_s"] = {p: encoder_rate(enc, tok, rate_p, rate_r, r["head"], r["tail"], r["layers"],
+                                               cfg.prompt_tokens) for p, enc in precisions.items()}
+        print(f"{r['head']:4d} {r['tail']:4d} {r['layers']:6d} {r['openings']!s:>8s} "
+              + " ".join(f"{r['folds'][m]:16.3f}" for m in XSTEST_MODELS) + f" {r['mean']:6.3f} "
+              + " ".join(f"{v:9.1f}" for v in r["verdicts_per_s"].values()), flush=True)
+    out["budget"] = rows
+
 
 async def llm_bench(url: str, model: str, concurrency: int, limit: int, out: dict[str, object]) -> None:
     """The LLM judge on a sample of XSTest (every source model), κ and verdicts/s at the given concurrency."""
@@ -296,6 +413,8 @@ def main() -> None:
     ap.add_argument("--in-domain", action="store_true", help="only the SmolLM2 in-domain benchmark")
     ap.add_argument("--cross-encoder", nargs="*", metavar="FOLD",
                     help="only the cross-encoder benchmark (on these held-out models; default all three)")
+    ap.add_argument("--budget", action="store_true",
+                    help="only κ against verdicts/s: opening length × encoder depth × opening sentences")
     ap.add_argument("--out", type=Path, default=Path("judge_bench.json"))
     args = ap.parse_args()
     import torch
@@ -304,6 +423,8 @@ def main() -> None:
     out: dict[str, object] = {}
     if args.cross_encoder is not None:
         cross_encoder_bench(DistilledConfig(), args.cross_encoder or XSTEST_MODELS, out)
+    elif args.budget:
+        budget_bench(DistilledConfig(), out)
     elif args.in_domain:
         in_domain_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
     elif not args.skip_distilled:

@@ -1,9 +1,12 @@
 """The distilled judge: a small CPU classifier with two heads, trained on labelled data, no server.
 
-- Response class (Accept / Caution / Refuse): frozen all-MiniLM-L6-v2 sentence embeddings of the response's
-  opening and ending plus hand-engineered refusal / caution cues, standardised, into a strongly regularised
-  multinomial logistic regression. Options: `response_model="cross-encoder"` (MiniLM fine-tuned on prompt +
-  response with the same cues, `monitor.judges.cross_encoder`) or `"blend"` (both, probabilities mixed).
+- Response class (Accept / Caution / Refuse): frozen all-MiniLM-L6-v2 embeddings of the response's opening,
+  taken after the encoder's fourth layer (measured better, and cheaper, than after the last), plus
+  hand-engineered refusal / caution cues, standardised, into a strongly regularised multinomial logistic
+  regression. Training adds each labelled reply's opening sentence on its own, with the reply's label, so a
+  one-line refusal is learned as a refusal, not as a short answer. Options: `response_model="cross-encoder"`
+  (MiniLM fine-tuned on prompt + response with the same cues, `monitor.judges.cross_encoder`) or `"blend"`
+  (both, probabilities mixed).
 - Harm level (0-3) from the prompt: frozen prompt embeddings and logistic regressions.
 
 Chosen by measurement (bench/judge_bench.py; figures in monitor/judges/README.md): leave-one-model-out κ on
@@ -23,7 +26,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +47,11 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 ARTEFACT_PREFIX = "distilled-v"
-ARTEFACT_FORMAT = "minilm/2"  # artefacts of another format are ignored (a new version is trained)
-# A logistic-head-only artefact of the first format is the same files as a "segments-lr" one of this format.
-READABLE_FORMATS = (ARTEFACT_FORMAT, "minilm-segments-lr/1")
+ARTEFACT_FORMAT = "minilm/3"  # artefacts of another format are ignored (a new version is trained)
+# Earlier formats are the same files; their manifests lack the newer config fields, which then take the
+# values those artefacts were trained with (LEGACY_CONFIG), not today's defaults.
+READABLE_FORMATS = (ARTEFACT_FORMAT, "minilm/2", "minilm-segments-lr/1")
+LEGACY_CONFIG: dict[str, Any] = {"response_layers": 6, "opening_sentences": False}
 RESPONSE_MODELS = ("segments-lr", "cross-encoder", "blend")
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -71,12 +76,18 @@ class DistilledConfig:
     cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
     cross_weight: float = 0.25
     prompt_tokens: int = 64
-    head_tokens: int = 128  # the response's opening: where refusals are
+    head_tokens: int = 80  # the response's opening: where refusals are
     tail_tokens: int = 64  # the response's ending: where disclaimers and redirects are
     joint_tokens: int = 128  # prompt and response in one segment (when "joint" is in segments)
-    # Which embeddings feed the response head besides the hand cues. Measured (leave-one-model-out on XSTest):
-    # head+tail 0.698 mean κ; adding the prompt 0.686; adding the joint segment 0.635.
-    segments: tuple[str, ...] = ("head", "tail")
+    # Which embeddings feed the response head besides the hand cues, and after how many encoder layers.
+    # Measured (bench/judge_bench.py --budget, leave-one-model-out on XSTest, with opening sentences): the
+    # opening's 80 tokens after layer 4: 0.781 mean κ at 2-3x the verdicts/s of 128+64 tokens after layer 6
+    # (0.708 without openings); 64 tokens after layer 3 scored 0.779 on XSTest but 0.36 on SmolLM2's replies
+    # (layer 4: 0.45, as the v2 judge); adding the ending, the prompt or the last layer: 0.737-0.778.
+    segments: tuple[str, ...] = ("head",)
+    response_layers: int = 4
+    # Add each training reply's opening sentence alone, with the reply's label (Accept / Refuse rows only).
+    opening_sentences: bool = True
     response_c: float = 0.01  # inverse regularisation of the response head (on standardised features)
     balanced: bool = False  # class-balanced weights in the response head
     seed: int = 0
@@ -163,6 +174,14 @@ class Featurizer:
     encoder: Any
     tokenizer: Any
     cfg: DistilledConfig
+    _response_encoder: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def response_encoder(self) -> Any:
+        """The encoder the response segments go through: its first `response_layers` layers."""
+        if self._response_encoder is None:
+            self._response_encoder = truncated_encoder(self.encoder, self.cfg.response_layers)
+        return self._response_encoder
 
     def prompt_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
         """The prompt segment (shared with the harm head)."""
@@ -176,18 +195,37 @@ class Featurizer:
             if seg == "prompt":
                 parts.append(self.prompt_embeddings(prompts) if prompt_emb is None else prompt_emb)
             elif seg == "head":
-                parts.append(embed_texts(self.encoder, self.tokenizer, responses, self.cfg.head_tokens))
+                parts.append(embed_texts(self.response_encoder, self.tokenizer, responses, self.cfg.head_tokens))
             elif seg == "tail":
-                parts.append(embed_texts(self.encoder, self.tokenizer, responses, self.cfg.tail_tokens,
+                parts.append(embed_texts(self.response_encoder, self.tokenizer, responses, self.cfg.tail_tokens,
                                          from_end=True))
             elif seg == "joint":
-                parts.append(embed_texts(self.encoder, self.tokenizer,
+                parts.append(embed_texts(self.response_encoder, self.tokenizer,
                                          [f"{q} [SEP] {r}" for q, r in zip(prompts, responses, strict=True)],
                                          self.cfg.joint_tokens))
             else:
                 raise ValueError(f"unknown feature segment {seg!r}")
         parts.append(np.asarray([hand_features(r) for r in responses], dtype=np.float32).reshape(len(responses), -1))
         return np.hstack(parts).astype(np.float32)
+
+
+def truncated_encoder(encoder: Any, layers: int) -> Any:
+    """A copy of a BERT-style encoder that stops after its first `layers` layers (the same encoder if all)."""
+    import copy
+
+    import torch
+
+    total = len(encoder.encoder.layer)
+    if not 1 <= layers <= total:
+        raise ValueError(f"response_layers must be 1..{total}, got {layers}")
+    if layers == total:
+        return encoder
+    short = copy.copy(encoder)
+    short._modules = dict(encoder._modules)  # a new module table; the weights stay shared
+    short.encoder = copy.copy(encoder.encoder)
+    short.encoder._modules = dict(encoder.encoder._modules)
+    short.encoder.layer = torch.nn.ModuleList(list(encoder.encoder.layer)[:layers])
+    return short
 
 
 def _quiet_transformers() -> None:
@@ -294,12 +332,31 @@ def training_sets(data_dir: Path, cfg: DistilledConfig, xstest_models: Sequence[
     rng.shuffle(mq)
     own = load_smollm2(data_dir) if cfg.in_domain_weight else []
     response_set = xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit] + own
+    if cfg.opening_sentences:
+        response_set += opening_sentences(response_set)
     seed = load_seed(data_dir)
     xs_safe = {e.prompt: e for e in load_xstest(data_dir, XSTEST_MODELS[:1]) if e.harm_level == 0}
     harm_set = seed + list(xs_safe.values()) + mq[: max(100, len(seed) // 4)]
     if cfg.harm_limit and cfg.harm_limit < len(harm_set):
         harm_set = rng.sample(harm_set, cfg.harm_limit)
     return response_set, harm_set
+
+
+def opening_sentences(examples: Sequence[LabelledExample]) -> list[LabelledExample]:
+    """Each Accept / Refuse reply's opening sentence as a reply of its own, with the same label.
+
+    Standing alone, a refusal's first sentence is still a refusal and an answer's first sentence still an
+    answer; a partial refusal's is neither, so Caution rows are left out. Replies of one sentence add nothing.
+    """
+    out: list[LabelledExample] = []
+    for e in examples:
+        text = (e.response or "").strip()
+        if e.response_class not in ("Accept", "Refuse") or not text:
+            continue
+        first = _FIRST_SENTENCE.split(text, maxsplit=1)[0]
+        if first and len(first) < len(text) - 20:
+            out.append(replace(e, id=f"{e.id}:opening", response=first, meta={**e.meta, "opening_of": e.id}))
+    return out
 
 
 def response_weights(examples: Sequence[LabelledExample], cfg: DistilledConfig) -> np.ndarray:
@@ -442,7 +499,9 @@ def train_distilled(settings: Settings, cfg: DistilledConfig | None = None, held
         heldout = {"xstest_model": heldout_model, "n": len(test), "kappa": round(cohen_kappa(truth, pred), 4),
                    "accuracy": round(sum(a == b for a, b in zip(truth, pred, strict=True)) / len(test), 4)}
     counts = {
-        "response": dict(Counter(f"{e.source}:{e.response_class}" for e in response_set)),
+        "response": dict(Counter(f"{e.source}:{e.response_class}" for e in response_set
+                                 if "opening_of" not in e.meta)),
+        "opening_sentences": sum("opening_of" in e.meta for e in response_set),
         "harm": dict(Counter(f"{e.source}:{e.harm_level}" for e in harm_set)),
         "harmful": dict(Counter(y for _, y in flagged)),
         "xstest_models": models,
@@ -547,7 +606,7 @@ def load_artefact(path: Path, bf16: bool | None = None) -> LoadedDistilled:
         raise FileNotFoundError(f"{path} is a distilled artefact of another format ({manifest.get('format')}); "
                                 "run `careloop judge train` for a current one")
     known = DistilledConfig.__dataclass_fields__
-    raw = {k: v for k, v in manifest.get("config", {}).items() if k in known}
+    raw = {**LEGACY_CONFIG, **{k: v for k, v in manifest.get("config", {}).items() if k in known}}
     if "segments" in raw:
         raw["segments"] = tuple(raw["segments"])
     if isinstance(raw.get("cross_encoder"), dict):
