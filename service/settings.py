@@ -135,7 +135,6 @@ class RetrainSettings(BaseModel):
     canary_min_verdicts: int = 30
     canary_ss_margin: float = 0.02
     canary_err_margin: float = 0.05
-    canary_sample_rate: float = 1.0
     require_approval: bool = False
     accelerate_config: str | None = None  # FSDP / DeepSpeed config for multi-GPU jobs
     kto_beta: float = 0.1
