@@ -384,6 +384,34 @@ def budget_bench(cfg: DistilledConfig, out: dict[str, object]) -> None:
     out["budget"] = rows
 
 
+def plot_budget(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """κ against fp32 verdicts/s for the measured configurations (a PNG a person can read)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        rates = r.get("verdicts_per_s")
+        if not rates:
+            continue
+        for precision, marker in (("fp32", "o"), ("bf16", "^")):
+            if precision in rates:
+                colour = "tab:blue" if r["openings"] else "tab:grey"
+                ax.scatter(rates[precision], r["mean"], marker=marker, color=colour)
+        label = f"{r['head']}" + (f"+{r['tail']}" if r["tail"] else "") + f" tok, L{r['layers']}"
+        ax.annotate(label, (rates["fp32"], r["mean"]), fontsize=7, xytext=(4, -3), textcoords="offset points")
+    ax.axhline(0.85, ls="--", color="tab:red", lw=1)
+    ax.axvline(50, ls=":", color="tab:red", lw=1)
+    ax.set_xlabel("encoder verdicts/s on 2 CPU cores (o fp32, ^ bf16)")
+    ax.set_ylabel("mean κ, leave-one-source-model-out (XSTest)")
+    ax.set_title("distilled judge: κ vs speed (blue: with opening sentences)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 async def llm_bench(url: str, model: str, concurrency: int, limit: int, out: dict[str, object]) -> None:
     """The LLM judge on a sample of XSTest (every source model), κ and verdicts/s at the given concurrency."""
     from monitor.audit import audit
@@ -425,6 +453,7 @@ def main() -> None:
         cross_encoder_bench(DistilledConfig(), args.cross_encoder or XSTEST_MODELS, out)
     elif args.budget:
         budget_bench(DistilledConfig(), out)
+        plot_budget(out["budget"], args.out.with_suffix(".png"))  # type: ignore[arg-type]
     elif args.in_domain:
         in_domain_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
     elif not args.skip_distilled:
