@@ -314,9 +314,10 @@ def encoder_rate(encoder: Any, tok: Any, prompts: Sequence[str], responses: Sequ
     return len(responses) / (time.perf_counter() - t0)
 
 
-def budget_bench(cfg: DistilledConfig, out: dict[str, object]) -> None:
+def budget_bench(cfg: DistilledConfig, out: dict[str, object], opening_weight: float = 1.0) -> None:
     """κ (leave-one-model-out) against verdicts/s: opening length × encoder depth, with and without the opening
-    sentences in training, beside the v2 recipe (opening + ending after the last layer); fp32 features."""
+    sentences in training (at `opening_weight`), beside the v2 recipe (opening + ending after the last layer);
+    fp32 features."""
     import copy
 
     import torch
@@ -340,11 +341,12 @@ def budget_bench(cfg: DistilledConfig, out: dict[str, object]) -> None:
         folds = {}
         for m in XSTEST_MODELS:
             tr, te = np.flatnonzero(groups != m), np.flatnonzero(groups == m)
-            xt, yt = x[tr], [labels[i] for i in tr]
+            xt, yt, wt = x[tr], [labels[i] for i in tr], np.ones(len(tr))
             if xo is not None:
                 keep = np.flatnonzero(o_groups != m)
                 xt, yt = np.vstack([xt, xo[keep]]), yt + [o_labels[i] for i in keep]
-            head = train_linear_head(xt, yt, cfg.response_c, cfg.balanced)
+                wt = np.concatenate([wt, np.full(len(keep), opening_weight)])
+            head = train_linear_head(xt, yt, cfg.response_c, cfg.balanced, wt)
             folds[m] = cohen_kappa([labels[i] for i in te], head.predict(x[te]))
         return folds
 
@@ -443,6 +445,8 @@ def main() -> None:
                     help="only the cross-encoder benchmark (on these held-out models; default all three)")
     ap.add_argument("--budget", action="store_true",
                     help="only κ against verdicts/s: opening length × encoder depth × opening sentences")
+    ap.add_argument("--opening-weight", type=float, default=1.0,
+                    help="--budget: weight of the opening-sentence rows (the grid in the README: 1; shipped: 0.25)")
     ap.add_argument("--out", type=Path, default=Path("judge_bench.json"))
     args = ap.parse_args()
     import torch
@@ -452,7 +456,7 @@ def main() -> None:
     if args.cross_encoder is not None:
         cross_encoder_bench(DistilledConfig(), args.cross_encoder or XSTEST_MODELS, out)
     elif args.budget:
-        budget_bench(DistilledConfig(), out)
+        budget_bench(DistilledConfig(), out, args.opening_weight)
         plot_budget(out["budget"], args.out.with_suffix(".png"))  # type: ignore[arg-type]
     elif args.in_domain:
         in_domain_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)

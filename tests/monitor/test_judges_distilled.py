@@ -136,7 +136,7 @@ def test_second_format_artefact_keeps_its_depth(trained: Settings, tmp_path: Pat
     shutil.copytree(src, dst)
     manifest = json.loads((dst / "manifest.json").read_text())
     manifest["format"] = "minilm/2"
-    for key in ("response_layers", "opening_sentences"):
+    for key in ("response_layers", "opening_sentences", "opening_weight"):
         manifest["config"].pop(key)
     (dst / "manifest.json").write_text(json.dumps(manifest))
     old = load_artefact(dst)
@@ -250,11 +250,11 @@ def test_unknown_response_model_is_refused(tmp_path: Path) -> None:
 def test_production_recipe_on_a_held_out_source_model(tmp_path: Path) -> None:
     """The shipped recipe, trained without mistralinstruct, scored on it (about a minute on 2 cores).
 
-    Guards the measured 0.666 (monitor/judges/README.md); the issue's 0.85 target is not met yet.
+    Guards the measured 0.715 (monitor/judges/README.md); the issue's 0.85 target is not met yet.
     """
     settings = Settings(home=tmp_path / "home")
     report = train_distilled(settings, DistilledConfig(), heldout_model="mistralinstruct")
-    assert report.heldout["kappa"] >= 0.63, report.heldout
+    assert report.heldout["kappa"] >= 0.66, report.heldout
 
 
 def test_audit_cli(trained: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -286,6 +286,9 @@ def test_smollm2_replies_join_training_only_with_a_weight() -> None:
     cfg = DistilledConfig(in_domain_weight=3.0)
     weighted, _ = training_sets(data, cfg)
     w = response_weights(weighted, cfg)
-    own = [i for i, e in enumerate(weighted) if e.source == "smollm2"]  # the replies and their openings
-    assert sum("opening_of" not in weighted[i].meta for i in own) == 320
-    assert set(w[own]) == {3.0} and w.sum() == len(weighted) + 2.0 * len(own)
+    own = [i for i, e in enumerate(weighted) if e.source == "smollm2" and "opening_of" not in e.meta]
+    openings = [i for i, e in enumerate(weighted) if "opening_of" in e.meta]
+    own_openings = [i for i in openings if weighted[i].source == "smollm2"]
+    assert len(own) == 320 and set(w[own]) == {3.0} and own_openings
+    assert set(w[own_openings]) == {3.0 * cfg.opening_weight}  # an opening counts less than a whole reply
+    assert set(w[[i for i in openings if i not in set(own_openings)]]) == {cfg.opening_weight}
