@@ -1,6 +1,7 @@
 """Judge benchmark: κ against human labels on held-out XSTest source models, and verdicts/s.
 
-    .venv/bin/python bench/judge_bench.py                       # distilled options, leave-one-model-out
+    .venv/bin/python bench/judge_bench.py --budget              # κ vs verdicts/s: opening length × depth (v3)
+    .venv/bin/python bench/judge_bench.py                       # v2-era feature options, leave-one-model-out
     .venv/bin/python bench/judge_bench.py --in-domain           # on SmolLM2's own labelled replies
     .venv/bin/python bench/judge_bench.py --cross-encoder       # the fine-tuned cross-encoder, per fold
     .venv/bin/python bench/judge_bench.py --llm http://127.0.0.1:8000 --model smollm2-135m --limit 150
