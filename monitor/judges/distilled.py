@@ -465,7 +465,9 @@ def train_distilled(settings: Settings, cfg: DistilledConfig | None = None, held
     if cfg.response_model in ("cross-encoder", "blend"):
         if cfg.in_domain_weight not in (0.0, 1.0):
             raise ValueError("the cross-encoder takes in-domain replies at weight 0 or 1")
-        cross = train_cross_encoder(prompts, responses, labels, cfg.cross_encoder, progress)
+        whole = [i for i, e in enumerate(response_set) if "opening_of" not in e.meta]  # as it was measured
+        cross = train_cross_encoder([prompts[i] for i in whole], [responses[i] for i in whole],
+                                    [labels[i] for i in whole], cfg.cross_encoder, progress)
     if cfg.response_model in ("segments-lr", "blend"):
         x = _chunked_features(feat, prompts, responses, progress, "embedding responses")
         response_head = train_linear_head(x, labels, cfg.response_c, cfg.balanced, response_weights(response_set, cfg))
