@@ -33,7 +33,9 @@ from monitor.judges.distilled import (
     _bf16_fast,
     embed_texts,
     hand_features,
+    length_sorted_batches,
     load_prompt_encoder,
+    mean_pool,
     opening_sentences,
     train_linear_head,
     truncated_encoder,
@@ -282,21 +284,10 @@ def embed_by_layer(encoder: Any, tok: Any, texts: Sequence[str], max_length: int
 
     out = np.zeros((int(encoder.config.num_hidden_layers) + 1, len(texts), int(encoder.config.hidden_size)),
                    dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    side = tok.truncation_side
-    tok.truncation_side = "left" if from_end else "right"
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                enc = tok([texts[i] or " " for i in idx], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt")
-                m = enc["attention_mask"].unsqueeze(-1).float()
-                for k, h in enumerate(encoder(**enc, output_hidden_states=True).hidden_states):
-                    pooled = (h.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
-                    out[k, idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-    finally:
-        tok.truncation_side = side
+    with torch.inference_mode():
+        for idx, enc in length_sorted_batches(tok, texts, max_length, from_end, batch_size):
+            for k, h in enumerate(encoder(**enc, output_hidden_states=True).hidden_states):
+                out[k, idx] = mean_pool(h, enc["attention_mask"])
     return out
 
 

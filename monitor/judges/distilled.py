@@ -25,7 +25,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,24 +117,37 @@ def embed_texts(encoder: Any, tokenizer: Any, texts: Sequence[str], max_length: 
     import torch
 
     out = np.zeros((len(texts), int(encoder.config.hidden_size)), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     dtype = next(encoder.parameters()).dtype
+    with torch.inference_mode():
+        for idx, enc in length_sorted_batches(tokenizer, texts, max_length, from_end, batch_size):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                hidden = encoder(**enc).last_hidden_state
+            out[idx] = mean_pool(hidden, enc["attention_mask"])
+    return out
+
+
+def length_sorted_batches(tokenizer: Any, texts: Sequence[str], max_length: int, from_end: bool = False,
+                          batch_size: int = 64) -> Iterator[tuple[list[int], Any]]:
+    """(indices, tokenized batch) over texts grouped by length, so batches pad little; `from_end` keeps endings."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     side = tokenizer.truncation_side
     tokenizer.truncation_side = "left" if from_end else "right"
     try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                enc = tokenizer([texts[i] or " " for i in idx], padding=True, truncation=True,
-                                max_length=max_length, return_tensors="pt")
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                    hidden = encoder(**enc).last_hidden_state.float()
-                m = enc["attention_mask"].unsqueeze(-1).float()
-                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-                out[idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            yield idx, tokenizer([texts[i] or " " for i in idx], padding=True, truncation=True,
+                                 max_length=max_length, return_tensors="pt")
     finally:
         tokenizer.truncation_side = side
-    return out
+
+
+def mean_pool(hidden: Any, attention_mask: Any) -> np.ndarray:
+    """Masked mean of token states, L2-normalised (the sentence-transformers pooling)."""
+    import torch
+
+    m = attention_mask.unsqueeze(-1).float()
+    pooled = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
 
 
 def embed_prompts(encoder: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

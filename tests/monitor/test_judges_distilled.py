@@ -104,20 +104,26 @@ def test_versions_and_ensure(trained: Settings, tmp_path: Path) -> None:
         DistilledJudge.from_settings(empty, train_if_missing=False)
 
 
+def as_older_format(src: Path, dst: Path, fmt: str, missing: tuple[str, ...]) -> None:
+    """Copy an artefact as one of an older format would look: that format name, without the newer fields."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["format"] = fmt
+    for key in missing:
+        manifest["config"].pop(key)
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_first_format_artefact_still_loads(trained: Settings, tmp_path: Path) -> None:
     """A logistic-head artefact written before the cross-encoder existed is used, not retrained."""
-    import shutil
 
     src = latest_artefact(trained.judges_dir)
     assert src is not None
     home = Settings(home=tmp_path / "home")
     dst = home.judges_dir / "distilled-v3"
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["format"] = "minilm-segments-lr/1"
-    for key in ("response_model", "cross_encoder", "cross_weight"):
-        manifest["config"].pop(key)
-    (dst / "manifest.json").write_text(json.dumps(manifest))
+    as_older_format(src, dst, "minilm-segments-lr/1", ("response_model", "cross_encoder", "cross_weight"))
     assert ensure_distilled(home, show_progress=False) == dst
     old = DistilledJudge(load_artefact(dst)).grade_sync(BOMB_AND_FLU)
     new = DistilledJudge(load_artefact(src)).grade_sync(BOMB_AND_FLU)
@@ -128,17 +134,11 @@ def test_first_format_artefact_still_loads(trained: Settings, tmp_path: Path) ->
 def test_second_format_artefact_keeps_its_depth(trained: Settings, tmp_path: Path) -> None:
     """A `minilm/2` manifest predates `response_layers`: it is read with the depth it was trained at (all six
     layers, no opening sentences), not with today's defaults."""
-    import shutil
 
     src = latest_artefact(trained.judges_dir)
     assert src is not None
     dst = tmp_path / "distilled-v2"
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["format"] = "minilm/2"
-    for key in ("response_layers", "opening_sentences", "opening_weight"):
-        manifest["config"].pop(key)
-    (dst / "manifest.json").write_text(json.dumps(manifest))
+    as_older_format(src, dst, "minilm/2", ("response_layers", "opening_sentences", "opening_weight"))
     old = load_artefact(dst)
     assert old.cfg.response_layers == 6 and not old.cfg.opening_sentences
     assert len(old.featurizer.response_encoder.encoder.layer) == 6
