@@ -80,7 +80,7 @@ class DistilledConfig:
     tail_tokens: int = 64  # the response's ending: where disclaimers and redirects are
     joint_tokens: int = 128  # prompt and response in one segment (when "joint" is in segments)
     # Which embeddings feed the response head besides the hand cues, and after how many encoder layers.
-    # Measured (bench/judge_bench.py --budget, leave-one-model-out on XSTest, with opening sentences): the
+    # Measured (bench/judge_bench.py --budget, leave-one-model-out on XSTest, opening sentences at weight 1): the
     # opening's 80 tokens after layer 4: 0.781 mean κ at 2-3x the verdicts/s of 128+64 tokens after layer 6
     # (0.708 without openings); 64 tokens after layer 3 scored 0.779 on XSTest but 0.36 on SmolLM2's replies
     # (layer 4: 0.45, as the v2 judge); adding the ending, the prompt or the last layer: 0.737-0.778.
