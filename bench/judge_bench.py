@@ -306,6 +306,25 @@ def encoder_rate(encoder: Any, tok: Any, prompts: Sequence[str], responses: Sequ
     return len(responses) / (time.perf_counter() - t0)
 
 
+def lomo_kappa(x: np.ndarray, labels: Sequence[str], groups: np.ndarray, cfg: DistilledConfig,
+               openings: tuple[np.ndarray, Sequence[str], np.ndarray] | None = None,
+               opening_weight: float = 1.0) -> dict[str, float]:
+    """κ of a response head on each held-out XSTest source model, trained on every other row (and, if given, the
+    opening-sentence rows (features, labels, groups) of the other models at `opening_weight`)."""
+    folds = {}
+    for m in XSTEST_MODELS:
+        tr, te = np.flatnonzero(groups != m), np.flatnonzero(groups == m)
+        xt, yt, wt = x[tr], [labels[i] for i in tr], np.ones(len(tr))
+        if openings is not None:
+            xo, o_labels, o_groups = openings
+            keep = np.flatnonzero(o_groups != m)
+            xt, yt = np.vstack([xt, xo[keep]]), yt + [o_labels[i] for i in keep]
+            wt = np.concatenate([wt, np.full(len(keep), opening_weight)])
+        head = train_linear_head(xt, yt, cfg.response_c, cfg.balanced, wt)
+        folds[m] = cohen_kappa([labels[i] for i in te], head.predict(x[te]))
+    return folds
+
+
 def budget_bench(cfg: DistilledConfig, out: dict[str, object], opening_weight: float = 1.0) -> None:
     """κ (leave-one-model-out) against verdicts/s: opening length × encoder depth, with and without the opening
     sentences in training (at `opening_weight`), beside the v2 recipe (opening + ending after the last layer);
@@ -330,17 +349,7 @@ def budget_bench(cfg: DistilledConfig, out: dict[str, object], opening_weight: f
     o_cues = np.asarray([hand_features(e.response or "") for e in openings], dtype=np.float32)
 
     def lomo(x: np.ndarray, xo: np.ndarray | None) -> dict[str, float]:
-        folds = {}
-        for m in XSTEST_MODELS:
-            tr, te = np.flatnonzero(groups != m), np.flatnonzero(groups == m)
-            xt, yt, wt = x[tr], [labels[i] for i in tr], np.ones(len(tr))
-            if xo is not None:
-                keep = np.flatnonzero(o_groups != m)
-                xt, yt = np.vstack([xt, xo[keep]]), yt + [o_labels[i] for i in keep]
-                wt = np.concatenate([wt, np.full(len(keep), opening_weight)])
-            head = train_linear_head(xt, yt, cfg.response_c, cfg.balanced, wt)
-            folds[m] = cohen_kappa([labels[i] for i in te], head.predict(x[te]))
-        return folds
+        return lomo_kappa(x, labels, groups, cfg, None if xo is None else (xo, o_labels, o_groups), opening_weight)
 
     rows: list[dict[str, Any]] = []
     for with_openings in (False, True):
