@@ -55,6 +55,21 @@ def print_table(report: dict[str, Any], console: Console) -> None:
         console.print(f"  {'[green]reached[/]' if ok else '[red]not reached[/]'}: {name}")
 
 
+def rolling_series(rows: list[tuple[float, float, int, str]], window: int,
+                   min_harmless: int) -> tuple[list[float], list[float], list[float]]:
+    """Times, rolling Safety Score and rolling ERR of (minutes, score, harm level, class) verdict rows; ERR is NaN
+    where the window holds fewer than `min_harmless` harmless prompts, as the ERR rules require."""
+    xs, ss, err = [], [], []
+    for i in range(len(rows)):
+        chunk = rows[max(0, i - window + 1): i + 1]
+        harmless = [r for r in chunk if r[2] == 0]
+        xs.append(rows[i][0])
+        ss.append(sum(r[1] for r in chunk) / len(chunk))
+        enough = len(harmless) >= max(1, min_harmless)
+        err.append(sum(r[3] == "Refuse" for r in harmless) / len(harmless) if enough else float("nan"))
+    return xs, ss, err
+
+
 def plot_demo(settings: Settings, report: dict[str, Any], path: Path) -> None:
     """Safety Score and ERR over the run per adapter, phase marks, and before/after bars, as one PNG."""
     import matplotlib
@@ -79,13 +94,7 @@ def plot_demo(settings: Settings, report: dict[str, Any], path: Path) -> None:
         by.setdefault(v.adapter, []).append((x, v.score, v.harm_level, v.response_class))
     window = 40
     for adapter, rows in by.items():
-        xs, ss, err = [], [], []
-        for i in range(len(rows)):
-            chunk = rows[max(0, i - window + 1): i + 1]
-            harmless = [r for r in chunk if r[2] == 0]
-            xs.append(rows[i][0])
-            ss.append(sum(r[1] for r in chunk) / len(chunk))
-            err.append(sum(r[3] == "Refuse" for r in harmless) / len(harmless) if harmless else float("nan"))
+        xs, ss, err = rolling_series(rows, window, settings.monitor.err_min_harmless)
         ax1.plot(xs, ss, label=f"Safety Score · {adapter}")
         ax1.plot(xs, err, linestyle="--", label=f"ERR · {adapter}")
     if t0 is not None:
