@@ -75,7 +75,7 @@ def reply_states(model: Any, tok: Any, items: Sequence[LabelledExample], reply_t
     return out
 
 
-def load_smollm2(settings: Settings, layers: int, bf16: bool) -> tuple[Any, Any]:
+def load_served_model(settings: Settings, layers: int, bf16: bool) -> tuple[Any, Any]:
     """The served base model, cut after its first `layers` decoder layers."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,7 +101,7 @@ def probe(layers: int, out: dict[str, object]) -> None:
     o_rows = ([e.response_class or "" for e in openings], np.array([e.group for e in openings]))
     cues = np.asarray([hand_features(e.response or "") for e in items], dtype=np.float32)
     o_cues = np.asarray([hand_features(e.response or "") for e in openings], dtype=np.float32)
-    model, tok = load_smollm2(Settings(), layers, bf16)
+    model, tok = load_served_model(Settings(), layers, bf16)
     encoder, mini_tok = load_prompt_encoder()
     print(f"SmolLM2 states ({layers} layers, bf16={bf16}) for {len(items)} items + {len(openings)} openings ...",
           flush=True)
@@ -119,12 +119,11 @@ def probe(layers: int, out: dict[str, object]) -> None:
         return {"option": name, "folds": folds, "mean": mean}
 
     print(f"\n{'features (+ 10 cues)':28s} " + " ".join(f"{m:>16s}" for m in XSTEST_MODELS) + f" {'mean':>6s}")
-    rows = [row(f"v3: MiniLM layer {depth}", mini, o_mini)]
-    rows += [row(f"SmolLM2 layer {k}", smol[k], o_smol[k]) for k in range(0, layers + 1, 2)]
-    best = max(range(0, layers + 1, 2), key=lambda k: next(r["mean"] for r in rows
-                                                            if r["option"] == f"SmolLM2 layer {k}"))
-    rows.append(row(f"v3 + SmolLM2 layer {best}", np.hstack([mini, smol[best]]),
-                    np.hstack([o_mini, o_smol[best]])))
+    v3 = row(f"v3: MiniLM layer {depth}", mini, o_mini)
+    by_layer = {k: row(f"SmolLM2 layer {k}", smol[k], o_smol[k]) for k in range(0, layers + 1, 2)}
+    best = max(by_layer, key=lambda k: by_layer[k]["mean"])
+    both = row(f"v3 + SmolLM2 layer {best}", np.hstack([mini, smol[best]]), np.hstack([o_mini, o_smol[best]]))
+    rows = [v3, *by_layer.values(), both]
     xs = [e for e in items if e.group in XSTEST_MODELS]
     sample = xs[:: max(1, len(xs) // 300)]
     reply_states(model, tok, sample[:32], cfg.head_tokens)  # warm-up, then the timed pass
@@ -134,6 +133,7 @@ def probe(layers: int, out: dict[str, object]) -> None:
     if bf16:
         encoder = encoder.to(torch.bfloat16)
     short = truncated_encoder(encoder, depth)
+    embed_texts(encoder, mini_tok, [e.prompt for e in sample[:32]], cfg.prompt_tokens)  # warm-up, as above
     t0 = time.perf_counter()
     embed_texts(encoder, mini_tok, [e.prompt for e in sample], cfg.prompt_tokens, batch_size=32)
     embed_texts(short, mini_tok, [e.response or "" for e in sample], cfg.head_tokens, batch_size=32)
