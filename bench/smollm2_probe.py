@@ -6,7 +6,7 @@ The served base model reads the prompt (user turn, first 64 tokens) and the repl
 turn) through its chat template; the reply's tokens are mean-pooled after every second decoder layer, the 10 hand
 cues are appended and a logistic head is fitted exactly as the shipped judge's (C, opening-sentence rows at the
 shipped weight), leave-one-source-model-out on XSTest. Printed beside it: the shipped v3 features, v3 + SmolLM2
-concatenated, and the feature passes' verdicts/s on 300 XSTest rows for both.
+concatenated, and the feature passes' verdicts/s on about 300 XSTest rows for both.
 """
 
 from __future__ import annotations
