@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,13 @@ class LabelledExample:
             if message.get("role") == "user":
                 return str(message.get("content", ""))
         return ""
+
+
+def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.is_file():
+        raise DatasetError(f"data file not found: {path}")
+    with path.open(encoding="utf-8", newline="") as fh:
+        yield from csv.DictReader(fh)
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -198,24 +206,28 @@ def load_smollm2(data_dir: Path) -> list[LabelledExample]:
 
 
 def load_labelled_responses(path: Path) -> list[LabelledExample]:
-    """A generic labelled file for `judge audit`: JSONL rows with prompt or messages, response, labels.
+    """A generic labelled file for `judge audit`: JSONL (or CSV) rows with prompt or messages, response, labels.
 
-    Accepted label fields: `response_class` or `human_label` (accept/refuse/partial_refusal too), and
+    Accepted fields: `response` (or `completion`, as in the original XSTest files); the label in
+    `response_class`, `human_label` or `final_label` (accept/refuse/partial_refusal, 1_full_compliance too);
     optionally `harm_level` / `harmful_level`; `group` or `model` names the source.
     """
     out: list[LabelledExample] = []
-    for i, row in enumerate(_read_jsonl(path)):
+    rows = _read_csv(path) if path.suffix.lower() == ".csv" else _read_jsonl(path)
+    for i, row in enumerate(rows):
         messages = row.get("messages") or (_user(row["prompt"]) if row.get("prompt") else None)
         if not messages or not isinstance(messages, list):
             raise DatasetError(f"{path}: row {i}: needs `prompt` or `messages`")
-        response = row.get("response")
-        label = row.get("response_class") or row.get("human_label")
+        response = row.get("response", row.get("completion"))
+        label = row.get("response_class") or row.get("human_label") or row.get("final_label")
         try:
             cls = normalize_class(label) if label else None
         except ValueError as exc:
             raise DatasetError(f"{path}: row {i}: {exc}") from None
         harm = row.get("harm_level", row.get("harmful_level"))
-        if harm is not None and int(harm) not in (0, 1, 2, 3):
+        if harm in (None, ""):
+            harm = None
+        elif str(harm).strip() not in ("0", "1", "2", "3"):
             raise DatasetError(f"{path}: row {i}: harm level {harm} is not 0-3")
         out.append(LabelledExample(
             id=str(row.get("id", i)), messages=messages, response=response, response_class=cls,
@@ -250,6 +262,8 @@ def load_named(spec: str, data_dir: Path) -> list[LabelledExample]:
                            "smollm2) nor a file")
     if path.suffix == ".parquet":
         return load_cares(path)
+    if path.suffix.lower() == ".csv":
+        return load_labelled_responses(path)
     rows = list(_read_jsonl(path))
     if rows and "harmful_level" in rows[0] and "response" not in rows[0]:
         return load_cares(path)
