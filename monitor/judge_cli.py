@@ -48,8 +48,8 @@ def train(
 def audit_cmd(
     judge: Annotated[str, typer.Option("--judge", help="self, external, distilled or ensemble.")],
     data: Annotated[str, typer.Option("--data", help=(
-        "Labelled data: a JSONL/parquet file, `xstest[:model,...]`, `seed`, `medsafetybench`, `medquad`, or "
-        "`store` (the human labels in the store)."))],
+        "Labelled data: a JSONL, CSV (XSTest's own) or parquet file, `xstest[:model,...]`, `seed`, "
+        "`medsafetybench`, `medquad`, or `store` (the human labels in the store)."))],
     out: Annotated[Path | None, typer.Option(help="JSON report path (default: reports dir).")] = None,
     limit: Annotated[int | None, typer.Option(help="Audit a random sample of N items (seed 0).")] = None,
     batch_size: Annotated[int, typer.Option(help="Items per judge call.")] = 32,
