@@ -3,6 +3,7 @@
     .venv/bin/python bench/judge_bench.py --budget              # κ vs verdicts/s: opening length × depth (v3)
     .venv/bin/python bench/judge_bench.py                       # v2-era feature options, leave-one-model-out
     .venv/bin/python bench/judge_bench.py --in-domain           # on SmolLM2's own labelled replies
+    .venv/bin/python bench/judge_bench.py --splits              # κ by kind of held-out split, with floor and GPT-4
     .venv/bin/python bench/judge_bench.py --cross-encoder       # the fine-tuned cross-encoder, per fold
     .venv/bin/python bench/judge_bench.py --llm http://127.0.0.1:8000 --model smollm2-135m --limit 150
 
@@ -30,6 +31,7 @@ from monitor.datasets import XSTEST_MODELS, LabelledExample, load_medquad, load_
 from monitor.judges.distilled import (
     REFUSAL_RE,
     DistilledConfig,
+    Featurizer,
     _bf16_fast,
     embed_texts,
     hand_features,
@@ -142,6 +144,94 @@ def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
         medical[source] = dict(Counter(head.predict(x[idx])))
         print(f"XSTest-only head on {source} reference responses: {medical[source]}")
     out["medical_labels"] = medical
+
+
+Fold = tuple[np.ndarray, np.ndarray, np.ndarray]  # (training items, training opening sentences, test items)
+
+
+def held_out_splits(items: Sequence[LabelledExample], openings: Sequence[LabelledExample],
+                    prompt_folds: int = 5, seed: int = 0) -> dict[str, list[Fold]]:
+    """Named held-out splits of the XSTest rows, each a list of folds: train on one source model (test on the
+    other two), on two (test on the third, each in turn), or on all three with whole prompts held out."""
+    groups, o_groups = np.array([e.group for e in items]), np.array([e.group for e in openings])
+    def fold(held: Sequence[str]) -> Fold:
+        return (np.flatnonzero(~np.isin(groups, held)), np.flatnonzero(~np.isin(o_groups, held)),
+                np.flatnonzero(np.isin(groups, held)))
+
+    splits: dict[str, list[Fold]] = {}
+    for m in XSTEST_MODELS:
+        held = [o for o in XSTEST_MODELS if o != m]
+        splits[f"{m} -> {'+'.join(held)}"] = [fold(held)]
+    splits["two -> the third, each in turn"] = [fold([m]) for m in XSTEST_MODELS]
+    # XSTest ids are v2-<prompt number>-<model>: the same prompt under every model lands in the same fold.
+    def prompt_of(e: LabelledExample) -> str | None:
+        return e.id.split("-")[1] if e.group in XSTEST_MODELS else None
+
+    numbers = sorted({n for e in items if (n := prompt_of(e)) is not None})
+    random.Random(seed).shuffle(numbers)
+    fold_of = {n: i % prompt_folds for i, n in enumerate(numbers)}
+    fk = np.array([fold_of.get(prompt_of(e) or "", -1) for e in items])
+    ofk = np.array([fold_of.get((e.meta.get("opening_of") or "-").split("-")[1] if e.group in XSTEST_MODELS
+                                else "", -1) for e in openings])
+    splits["all three, held-out prompts"] = [(np.flatnonzero(fk != k), np.flatnonzero(ofk != k),
+                                              np.flatnonzero(fk == k)) for k in range(prompt_folds)]
+    return splits
+
+
+def splits_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> None:
+    """κ of the shipped recipe on each kind of held-out split, per model and pooled, beside the floor (frozen
+    MiniLM over the reply + logistic regression, XSTest rows only) and the GPT-4 judge's labels. The issue
+    quotes its split (all three vendored models in training, two unseen ones pooled): GPT-4 0.59, floor 0.74;
+    where those two land among these splits says which of ours is like it."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    _, items = base_items(cfg)
+    openings = opening_sentences(items)
+    encoder, tok = load_prompt_encoder()
+    floor_x = embed_texts(encoder, tok, [e.response or "" for e in items], 256)  # fp32, all six layers
+    if bf16:
+        encoder = encoder.to(torch.bfloat16)
+    feat = Featurizer(encoder, tok, cfg)
+    print(f"features for {len(items)} items and {len(openings)} opening sentences (bf16={bf16}) ...", flush=True)
+    x = feat.response_features([e.prompt for e in items], [e.response or "" for e in items])
+    xo = feat.response_features([e.prompt for e in openings], [e.response or "" for e in openings])
+    groups = np.array([e.group for e in items])
+    labels, o_labels = [e.response_class or "" for e in items], [e.response_class or "" for e in openings]
+    on_xstest = np.isin(groups, XSTEST_MODELS)
+
+    def shipped(tr: np.ndarray, otr: np.ndarray, te: np.ndarray) -> list[str]:
+        head = train_linear_head(np.vstack([x[tr], xo[otr]]), [labels[i] for i in tr] + [o_labels[i] for i in otr],
+                                 cfg.response_c, cfg.balanced,
+                                 np.concatenate([np.ones(len(tr)), np.full(len(otr), cfg.opening_weight)]))
+        return head.predict(x[te])
+
+    def floor(tr: np.ndarray, otr: np.ndarray, te: np.ndarray) -> list[str]:
+        tr = tr[on_xstest[tr]]
+        clf = LogisticRegression(max_iter=3000).fit(floor_x[tr], [labels[i] for i in tr])
+        return [str(p) for p in clf.predict(floor_x[te])]
+
+    def gpt4(tr: np.ndarray, otr: np.ndarray, te: np.ndarray) -> list[str]:
+        return [_gpt4(items[i].meta.get("gpt4_judge_label")) for i in te]
+
+    options = {"distilled v3": shipped, "floor: frozen MiniLM + LR": floor, "GPT-4 judge labels": gpt4}
+    rows: list[dict[str, Any]] = []
+    print(f"\n{'split (trained on -> held out)':58s} {'option':26s} {'κ per held-out model':>22s} {'mean':>6s}"
+          f" {'pooled':>6s}")
+    for split, folds in held_out_splits(items, openings).items():
+        for option, fit in options.items():
+            pred: dict[int, str] = {}
+            for tr, otr, te in folds:
+                pred.update(zip(te.tolist(), fit(tr, otr, te), strict=True))
+            idx = sorted(pred)
+            per = {m: cohen_kappa([labels[i] for i in idx if groups[i] == m], [pred[i] for i in idx if groups[i] == m])
+                   for m in XSTEST_MODELS if any(groups[i] == m for i in idx)}
+            row = {"split": split, "option": option, "per_model": per, "mean": float(np.mean(list(per.values()))),
+                   "pooled": cohen_kappa([labels[i] for i in idx], [pred[i] for i in idx])}
+            rows.append(row)
+            print(f"{split:58s} {option:26s} {' '.join(f'{v:.3f}' for v in per.values()):>22s} {row['mean']:6.3f}"
+                  f" {row['pooled']:6.3f}", flush=True)
+    out["splits"] = rows
 
 
 IN_DOMAIN_FOLDS = {"medsafetybench": ("medsafetybench",), "seed": ("seed",),
@@ -444,6 +534,8 @@ def main() -> None:
     ap.add_argument("--in-domain", action="store_true", help="only the SmolLM2 in-domain benchmark")
     ap.add_argument("--cross-encoder", nargs="*", metavar="FOLD",
                     help="only the cross-encoder benchmark (on these held-out models; default all three)")
+    ap.add_argument("--splits", action="store_true",
+                    help="only κ per kind of held-out split (1, 2 or 3 models in training), per model and pooled")
     ap.add_argument("--budget", action="store_true",
                     help="only κ against verdicts/s: opening length × encoder depth × opening sentences")
     ap.add_argument("--opening-weight", type=float, default=1.0,
@@ -459,6 +551,8 @@ def main() -> None:
     elif args.budget:
         budget_bench(DistilledConfig(), out, args.opening_weight)
         plot_budget(out["budget"], args.out.with_suffix(".png"))  # type: ignore[arg-type]
+    elif args.splits:
+        splits_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
     elif args.in_domain:
         in_domain_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
     elif not args.skip_distilled:
