@@ -5,14 +5,36 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
+if TYPE_CHECKING:
+    from monitor.datasets import LabelledExample
+    from service.settings import Settings
+
 console = Console(stderr=True)
 judge_app = typer.Typer(help="Judges: train the distilled judge, audit a judge against labels.",
                         no_args_is_help=True)
+
+
+def _labelled(spec: str, settings: Settings) -> list[LabelledExample]:
+    """A labelled set by its spec (`store` = the human labels in the store); a bad spec exits with status 2."""
+    from monitor.datasets import DatasetError, load_named
+
+    try:
+        if spec != "store":
+            return load_named(spec, settings.data_dir)
+        from monitor.review import human_examples
+        from service.store import init_db, make_engine
+
+        engine = make_engine(settings.database_url or "")
+        init_db(engine)
+        return human_examples(engine)
+    except DatasetError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
 
 
 @judge_app.command("train")
@@ -20,6 +42,10 @@ def train(
     heldout: Annotated[str | None, typer.Option(
         help="Keep this XSTest source model out of training and record κ on it (gpt4, llama2new, "
              "mistralinstruct).")] = None,
+    extra: Annotated[list[str] | None, typer.Option(
+        "--extra", help="Also train on these labelled replies (repeatable): `store` (the human labels from "
+                        "`careloop review`) or a JSONL/CSV file as `judge audit --data` reads it. Your own "
+                        "model's labelled replies are what lifts κ most.")] = None,
 ) -> None:
     """Train a new version of the distilled judge (distilled-v<N> under the judges dir)."""
     from monitor.datasets import XSTEST_MODELS
@@ -30,11 +56,18 @@ def train(
     if heldout is not None and heldout not in XSTEST_MODELS:
         console.print(f"[red]error:[/] --heldout must be one of {', '.join(XSTEST_MODELS)}")
         raise typer.Exit(2)
+    labelled = [e for spec in extra or [] for e in _labelled(spec, settings)]
+    if heldout is not None and any(e.source == "xstest" and e.group == heldout for e in labelled):
+        console.print(f"[red]error:[/] --extra holds replies of the held-out model {heldout}")
+        raise typer.Exit(2)
+    if extra and not any(e.response and e.response_class for e in labelled):
+        console.print(f"[red]error:[/] no labelled replies (a reply and its response class) in {', '.join(extra)}")
+        raise typer.Exit(2)
     cfg = DistilledConfig()
     settings.ensure_dirs()
     update, stop = rich_progress()
     try:
-        report = train_distilled(settings, cfg, heldout_model=heldout, progress=update)
+        report = train_distilled(settings, cfg, heldout_model=heldout, progress=update, extra=labelled)
     finally:
         stop()
     console.print(f"[green]distilled judge v{report.version}[/] at {report.path} ({report.seconds:.0f} s)")
@@ -56,7 +89,6 @@ def audit_cmd(
 ) -> None:
     """Audit a judge against labels: accuracy, Cohen's κ, confusion matrix, ERR/SS bias; writes JSON."""
     from monitor.audit import audit, format_report, write_report
-    from monitor.datasets import DatasetError, load_named
     from monitor.judges import JUDGE_NAMES, build_judge
     from service.schema import utcnow
     from service.settings import load_settings
@@ -65,19 +97,7 @@ def audit_cmd(
     if judge not in JUDGE_NAMES:
         console.print(f"[red]error:[/] unknown judge {judge!r}; choose one of {', '.join(JUDGE_NAMES)}")
         raise typer.Exit(2)
-    try:
-        if data == "store":
-            from monitor.review import human_examples
-            from service.store import init_db, make_engine
-
-            engine = make_engine(settings.database_url or "")
-            init_db(engine)
-            examples = human_examples(engine)
-        else:
-            examples = load_named(data, settings.data_dir)
-    except DatasetError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
+    examples = _labelled(data, settings)
     if limit is not None and limit < len(examples):
         import random
 

@@ -319,13 +319,16 @@ def train_linear_head(x: np.ndarray, labels: Sequence[str], c: float, balanced: 
 
 
 def training_sets(data_dir: Path, cfg: DistilledConfig, xstest_models: Sequence[str] | None = None,
+                  extra: Sequence[LabelledExample] = (),
                   ) -> tuple[list[LabelledExample], list[LabelledExample]]:
     """(response-class examples, harm-level examples) for the production judge.
 
     Response class: XSTest human labels of the given models, MedSafetyBench safe responses (Refuse: measured,
     see data/seed/README.md), MedQuAD reference answers (Accept) and SmolLM2's own replies labelled by the
     project (data/smollm2/, when `in_domain_weight` > 0). Harm level: the seed set,
-    XSTest's safe look-alike prompts (0) and MedQuAD questions (0).
+    XSTest's safe look-alike prompts (0) and MedQuAD questions (0). `extra` labelled replies (an operator's own
+    model's, e.g. human labels from the review queue) join the response set where they carry a reply and a
+    class, and the harm set where they carry a harm level.
     """
     from monitor.datasets import (
         XSTEST_MODELS,
@@ -347,7 +350,8 @@ def training_sets(data_dir: Path, cfg: DistilledConfig, xstest_models: Sequence[
     mq = [e for e in load_medquad(data_dir) if e.response]
     rng.shuffle(mq)
     own = load_smollm2(data_dir) if cfg.in_domain_weight else []
-    response_set = xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit] + own
+    labelled = [e for e in extra if e.response and e.response_class]
+    response_set = xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit] + own + labelled
     if cfg.opening_sentences:
         response_set += opening_sentences(response_set)
     seed = load_seed(data_dir)
@@ -355,7 +359,7 @@ def training_sets(data_dir: Path, cfg: DistilledConfig, xstest_models: Sequence[
     harm_set = seed + list(xs_safe.values()) + mq[: max(100, len(seed) // 4)]
     if cfg.harm_limit and cfg.harm_limit < len(harm_set):
         harm_set = rng.sample(harm_set, cfg.harm_limit)
-    return response_set, harm_set
+    return response_set, harm_set + [e for e in extra if e.harm_level is not None]
 
 
 def opening_sentences(examples: Sequence[LabelledExample]) -> list[LabelledExample]:
@@ -448,11 +452,12 @@ def _chunked_features(feat: Featurizer, prompts: Sequence[str], responses: Seque
 
 
 def train_distilled(settings: Settings, cfg: DistilledConfig | None = None, heldout_model: str | None = None,
-                    progress: Progress | None = None) -> TrainReport:
+                    progress: Progress | None = None, extra: Sequence[LabelledExample] = ()) -> TrainReport:
     """Train a new distilled judge version and save it under settings.judges_dir.
 
     With `heldout_model`, that XSTest source model is kept out of training and the manifest records κ on it
-    (the honest figure); otherwise all three vendored models are used.
+    (the honest figure); otherwise all three vendored models are used. `extra` adds labelled replies of the
+    operator's own (see `training_sets`).
     """
     from monitor.datasets import XSTEST_MODELS, load_xstest
     from service.schema import utcnow
@@ -464,7 +469,7 @@ def train_distilled(settings: Settings, cfg: DistilledConfig | None = None, held
         raise ValueError(f"unknown XSTest model {heldout_model!r}; have {', '.join(XSTEST_MODELS)}")
     t0 = time.monotonic()
     models = [m for m in XSTEST_MODELS if m != heldout_model]
-    response_set, harm_set = training_sets(settings.data_dir, cfg, models)
+    response_set, harm_set = training_sets(settings.data_dir, cfg, models, extra)
     encoder, tokenizer = load_prompt_encoder()
     if cfg.bf16_inference and _bf16_fast():
         import torch
