@@ -342,6 +342,9 @@ def test_train_cli_refuses_bad_extra_sets(tmp_path: Path, monkeypatch: pytest.Mo
     unlabelled.write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n")
     empty = CliRunner().invoke(app, ["judge", "train", "--extra", str(unlabelled)])
     assert empty.exit_code == 2 and "no labelled replies" in empty.output
+    for bad in (["--response-model", "svm"], ["--response-model", "blend", "--cross-weight", "1.5"]):
+        refused = CliRunner().invoke(app, ["judge", "train", *bad])
+        assert refused.exit_code == 2 and "--response-model must be one of" in refused.output
     leak = CliRunner().invoke(app, ["judge", "train", "--heldout", "gpt4", "--extra", "xstest:gpt4"])
     assert leak.exit_code == 2 and "held-out model gpt4" in leak.output
     assert not (tmp_path / "home" / "judges").exists() or not list((tmp_path / "home" / "judges").glob("distilled-v*"))
