@@ -60,16 +60,16 @@ def train(
     if heldout is not None and heldout not in XSTEST_MODELS:
         console.print(f"[red]error:[/] --heldout must be one of {', '.join(XSTEST_MODELS)}")
         raise typer.Exit(2)
+    if response_model not in RESPONSE_MODELS or not 0.0 <= cross_weight <= 1.0:
+        console.print(f"[red]error:[/] --response-model must be one of {', '.join(RESPONSE_MODELS)} and "
+                      "--cross-weight within 0-1")
+        raise typer.Exit(2)
     labelled = [e for spec in extra or [] for e in _labelled(spec, settings)]
     if heldout is not None and any(e.source == "xstest" and e.group == heldout for e in labelled):
         console.print(f"[red]error:[/] --extra holds replies of the held-out model {heldout}")
         raise typer.Exit(2)
     if extra and not any(e.response and e.response_class for e in labelled):
         console.print(f"[red]error:[/] no labelled replies (a reply and its response class) in {', '.join(extra)}")
-        raise typer.Exit(2)
-    if response_model not in RESPONSE_MODELS or not 0.0 <= cross_weight <= 1.0:
-        console.print(f"[red]error:[/] --response-model must be one of {', '.join(RESPONSE_MODELS)} and "
-                      "--cross-weight within 0-1")
         raise typer.Exit(2)
     cfg = DistilledConfig(response_model=response_model, cross_weight=cross_weight)
     settings.ensure_dirs()
