@@ -154,6 +154,7 @@ def held_out_splits(items: Sequence[LabelledExample], openings: Sequence[Labelle
     """Named held-out splits of the XSTest rows, each a list of folds: train on one source model (test on the
     other two), on two (test on the third, each in turn), or on all three with whole prompts held out."""
     groups, o_groups = np.array([e.group for e in items]), np.array([e.group for e in openings])
+
     def fold(held: Sequence[str]) -> Fold:
         return (np.flatnonzero(~np.isin(groups, held)), np.flatnonzero(~np.isin(o_groups, held)),
                 np.flatnonzero(np.isin(groups, held)))
@@ -163,16 +164,17 @@ def held_out_splits(items: Sequence[LabelledExample], openings: Sequence[Labelle
         held = [o for o in XSTEST_MODELS if o != m]
         splits[f"{m} -> {'+'.join(held)}"] = [fold(held)]
     splits["two -> the third, each in turn"] = [fold([m]) for m in XSTEST_MODELS]
-    # XSTest ids are v2-<prompt number>-<model>: the same prompt under every model lands in the same fold.
-    def prompt_of(e: LabelledExample) -> str | None:
-        return e.id.split("-")[1] if e.group in XSTEST_MODELS else None
 
-    numbers = sorted({n for e in items if (n := prompt_of(e)) is not None})
+    # XSTest ids are v2-<prompt number>-<model> (an opening's adds ":opening"): the same prompt under every model,
+    # and its openings, land in the same fold; other rows always train.
+    def prompt_of(e: LabelledExample) -> str:
+        return e.id.split("-")[1] if e.group in XSTEST_MODELS else ""
+
+    numbers = sorted({prompt_of(e) for e in items} - {""})
     random.Random(seed).shuffle(numbers)
     fold_of = {n: i % prompt_folds for i, n in enumerate(numbers)}
-    fk = np.array([fold_of.get(prompt_of(e) or "", -1) for e in items])
-    ofk = np.array([fold_of.get((e.meta.get("opening_of") or "-").split("-")[1] if e.group in XSTEST_MODELS
-                                else "", -1) for e in openings])
+    fk = np.array([fold_of.get(prompt_of(e), -1) for e in items])
+    ofk = np.array([fold_of.get(prompt_of(e), -1) for e in openings])
     splits["all three, held-out prompts"] = [(np.flatnonzero(fk != k), np.flatnonzero(ofk != k),
                                               np.flatnonzero(fk == k)) for k in range(prompt_folds)]
     return splits
@@ -201,10 +203,7 @@ def splits_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> No
     on_xstest = np.isin(groups, XSTEST_MODELS)
 
     def shipped(tr: np.ndarray, otr: np.ndarray, te: np.ndarray) -> list[str]:
-        head = train_linear_head(np.vstack([x[tr], xo[otr]]), [labels[i] for i in tr] + [o_labels[i] for i in otr],
-                                 cfg.response_c, cfg.balanced,
-                                 np.concatenate([np.ones(len(tr)), np.full(len(otr), cfg.opening_weight)]))
-        return head.predict(x[te])
+        return fit_head(x, labels, tr, cfg, (xo, o_labels, otr), cfg.opening_weight).predict(x[te])
 
     def floor(tr: np.ndarray, otr: np.ndarray, te: np.ndarray) -> list[str]:
         tr = tr[on_xstest[tr]]
@@ -404,15 +403,26 @@ def lomo_kappa(x: np.ndarray, labels: Sequence[str], groups: np.ndarray, cfg: Di
     folds = {}
     for m in XSTEST_MODELS:
         tr, te = np.flatnonzero(groups != m), np.flatnonzero(groups == m)
-        xt, yt, wt = x[tr], [labels[i] for i in tr], np.ones(len(tr))
+        with_openings = None
         if openings is not None:
             xo, o_labels, o_groups = openings
-            keep = np.flatnonzero(o_groups != m)
-            xt, yt = np.vstack([xt, xo[keep]]), yt + [o_labels[i] for i in keep]
-            wt = np.concatenate([wt, np.full(len(keep), opening_weight)])
-        head = train_linear_head(xt, yt, cfg.response_c, cfg.balanced, wt)
+            with_openings = (xo, o_labels, np.flatnonzero(o_groups != m))
+        head = fit_head(x, labels, tr, cfg, with_openings, opening_weight)
         folds[m] = cohen_kappa([labels[i] for i in te], head.predict(x[te]))
     return folds
+
+
+def fit_head(x: np.ndarray, labels: Sequence[str], rows: np.ndarray, cfg: DistilledConfig,
+             openings: tuple[np.ndarray, Sequence[str], np.ndarray] | None = None,
+             opening_weight: float = 1.0) -> Any:
+    """The response head fitted on `rows` of x, plus, if given, opening-sentence rows (features, labels, which
+    rows) at `opening_weight`."""
+    xt, yt, wt = x[rows], [labels[i] for i in rows], np.ones(len(rows))
+    if openings is not None:
+        xo, o_labels, keep = openings
+        xt, yt = np.vstack([xt, xo[keep]]), yt + [o_labels[i] for i in keep]
+        wt = np.concatenate([wt, np.full(len(keep), opening_weight)])
+    return train_linear_head(xt, yt, cfg.response_c, cfg.balanced, wt)
 
 
 def budget_bench(cfg: DistilledConfig, out: dict[str, object], opening_weight: float = 1.0) -> None:
