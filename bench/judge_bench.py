@@ -4,6 +4,7 @@
     .venv/bin/python bench/judge_bench.py                       # v2-era feature options, leave-one-model-out
     .venv/bin/python bench/judge_bench.py --in-domain           # on SmolLM2's own labelled replies
     .venv/bin/python bench/judge_bench.py --splits              # κ by kind of held-out split, with floor and GPT-4
+    .venv/bin/python bench/judge_bench.py --adapt               # v3 adapted to the held-out replies, no labels
     .venv/bin/python bench/judge_bench.py --cross-encoder       # the fine-tuned cross-encoder, per fold
     .venv/bin/python bench/judge_bench.py --llm http://127.0.0.1:8000 --model smollm2-135m --limit 150
 
@@ -231,6 +232,87 @@ def splits_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> No
             print(f"{split:58s} {option:26s} {' '.join(f'{v:.3f}' for v in per.values()):>22s} {row['mean']:6.3f}"
                   f" {row['pooled']:6.3f}", flush=True)
     out["splits"] = rows
+
+
+def self_trained(head: Any, fit: Any, x_test: np.ndarray, rounds: int, threshold: float) -> list[str]:
+    """Predictions after `rounds` of self-training: the test rows the head calls with probability ≥ `threshold`
+    join training under their predicted class (`fit(rows, labels)` re-fits the head with them)."""
+    for _ in range(rounds):
+        p = head.predict_proba(x_test)
+        sure = np.flatnonzero(p.max(axis=1) >= threshold)
+        head = fit(x_test[sure], [head.classes[k] for k in p[sure].argmax(axis=1)])
+    return head.predict(x_test)
+
+
+def prior_adjusted(head: Any, x_test: np.ndarray, train_prior: np.ndarray, iters: int = 50) -> list[str]:
+    """Predictions with the class priors re-estimated on the test rows by EM (Saerens et al., 2002)."""
+    p = head.predict_proba(x_test)
+    q = train_prior.copy()
+    for _ in range(iters):
+        adjusted = p * (q / train_prior)
+        adjusted /= adjusted.sum(axis=1, keepdims=True)
+        q = adjusted.mean(axis=0)
+    return [head.classes[k] for k in adjusted.argmax(axis=1)]
+
+
+def adapt_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> None:
+    """κ of v3 adapted, without labels, to the held-out replies it grades (as a deployed judge could adapt to
+    its model's traffic): self-training on its confident calls, priors re-estimated by EM, and each source's
+    features centred on that source's mean."""
+    import torch
+
+    _, items = base_items(cfg)
+    openings = opening_sentences(items)
+    encoder, tok = load_prompt_encoder()
+    if bf16:
+        encoder = encoder.to(torch.bfloat16)
+    feat = Featurizer(encoder, tok, cfg)
+    print(f"features for {len(items)} items and {len(openings)} opening sentences (bf16={bf16}) ...", flush=True)
+    x = feat.response_features([e.prompt for e in items], [e.response or "" for e in items])
+    xo = feat.response_features([e.prompt for e in openings], [e.response or "" for e in openings])
+    groups, o_groups = np.array([e.group for e in items]), np.array([e.group for e in openings])
+    labels, o_labels = [e.response_class or "" for e in items], [e.response_class or "" for e in openings]
+    centred, o_centred = x.copy(), xo.copy()
+    for g in np.unique(groups):
+        mean = x[groups == g].mean(axis=0)
+        centred[groups == g] -= mean
+        o_centred[o_groups == g] -= mean
+
+    def fitter(tr: np.ndarray, otr: np.ndarray) -> Any:
+        def fit(x_more: np.ndarray, y_more: list[str]) -> Any:
+            w = np.concatenate([np.ones(len(tr)), np.full(len(otr), cfg.opening_weight), np.ones(len(y_more))])
+            return train_linear_head(np.vstack([x[tr], xo[otr], x_more]), [labels[i] for i in tr]
+                                     + [o_labels[i] for i in otr] + y_more, cfg.response_c, cfg.balanced, w)
+        return fit
+
+    def options(tr: np.ndarray, otr: np.ndarray, te: np.ndarray) -> dict[str, list[str]]:
+        head = fit_head(x, labels, tr, cfg, (xo, o_labels, otr), cfg.opening_weight)
+        prior = np.array([np.mean([labels[i] == c for i in tr]) for c in head.classes])
+        got = {"v3": head.predict(x[te]), "EM prior": prior_adjusted(head, x[te], prior),
+               "centred per source": fit_head(centred, labels, tr, cfg, (o_centred, o_labels, otr),
+                                              cfg.opening_weight).predict(centred[te])}
+        for rounds, threshold in ((1, 0.9), (3, 0.8), (3, 0.9)):
+            got[f"self-trained, {rounds} x p ≥ {threshold}"] = self_trained(head, fitter(tr, otr), x[te], rounds,
+                                                                            threshold)
+        return got
+
+    rows: list[dict[str, Any]] = []
+    splits = held_out_splits(items, openings)
+    for split in ("two -> the third, each in turn", "all three, held-out prompts"):
+        pred: dict[str, dict[int, str]] = {}
+        for tr, otr, te in splits[split]:
+            for option, calls in options(tr, otr, te).items():
+                pred.setdefault(option, {}).update(zip(te.tolist(), calls, strict=True))
+        for option, by_row in pred.items():
+            idx = sorted(by_row)
+            per = {m: cohen_kappa([labels[i] for i in idx if groups[i] == m],
+                                  [by_row[i] for i in idx if groups[i] == m]) for m in XSTEST_MODELS}
+            row = {"split": split, "option": option, "per_model": per, "mean": float(np.mean(list(per.values()))),
+                   "pooled": cohen_kappa([labels[i] for i in idx], [by_row[i] for i in idx])}
+            rows.append(row)
+            print(f"{split:32s} {option:28s} {' '.join(f'{v:.3f}' for v in per.values())} mean {row['mean']:.3f}"
+                  f" pooled {row['pooled']:.3f}", flush=True)
+    out["adapt"] = rows
 
 
 IN_DOMAIN_FOLDS = {"medsafetybench": ("medsafetybench",), "seed": ("seed",),
@@ -546,6 +628,8 @@ def main() -> None:
                     help="only the cross-encoder benchmark (on these held-out models; default all three)")
     ap.add_argument("--splits", action="store_true",
                     help="only κ per kind of held-out split (1, 2 or 3 models in training), per model and pooled")
+    ap.add_argument("--adapt", action="store_true",
+                    help="only v3 adapted without labels to the replies it grades (self-training, EM priors)")
     ap.add_argument("--budget", action="store_true",
                     help="only κ against verdicts/s: opening length × encoder depth × opening sentences")
     ap.add_argument("--opening-weight", type=float, default=1.0,
@@ -561,6 +645,8 @@ def main() -> None:
     elif args.budget:
         budget_bench(DistilledConfig(), out, args.opening_weight)
         plot_budget(out["budget"], args.out.with_suffix(".png"))  # type: ignore[arg-type]
+    elif args.adapt:
+        adapt_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
     elif args.splits:
         splits_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
     elif args.in_domain:

@@ -1,4 +1,5 @@
-"""The held-out splits the judge benchmark scores on: nothing of a test fold leaks into its training rows."""
+"""The judge benchmark's held-out splits (nothing of a test fold leaks into its training rows) and its
+label-free adaptation steps."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from service.settings import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from judge_bench import base_items, held_out_splits
+from judge_bench import base_items, held_out_splits, prior_adjusted, self_trained
 
 from monitor.datasets import XSTEST_MODELS
-from monitor.judges.distilled import DistilledConfig, opening_sentences
+from monitor.judges.distilled import DistilledConfig, opening_sentences, train_linear_head
 
 
 def _prompt_number(item_id: str) -> str:
@@ -49,3 +50,35 @@ def test_held_out_splits_keep_models_and_prompts_apart() -> None:
     assert sorted(scored.tolist()) == xstest.tolist()  # every XSTest row is scored exactly once
     in_turn = splits["two -> the third, each in turn"]
     assert [sorted(set(groups[te])) for _, _, te in in_turn] == [[m] for m in XSTEST_MODELS]
+
+
+def _two_blobs(seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    x = np.vstack([rng.normal(-1, 1, (60, 2)), rng.normal(1, 1, (60, 2))]).astype(np.float32)
+    return x, ["Accept"] * 60 + ["Refuse"] * 60
+
+
+def test_prior_adjusted_follows_a_test_set_skewed_to_one_class() -> None:
+    x, y = _two_blobs()
+    head = train_linear_head(x, y, 1.0, False)
+    rng = np.random.default_rng(1)
+    # Nine in ten test rows are refusals; the borderline rows between the blobs should now lean Refuse.
+    test = np.vstack([rng.normal(-1, 1, (20, 2)), rng.normal(1, 1, (180, 2)), np.zeros((10, 2))]).astype(np.float32)
+    plain, adjusted = head.predict(test), prior_adjusted(head, test, np.array([0.5, 0.5]))
+    assert adjusted.count("Refuse") > plain.count("Refuse")
+    assert all(a == "Refuse" for a in adjusted[-10:])
+
+
+def test_self_trained_adds_only_the_confident_test_rows() -> None:
+    x, y = _two_blobs()
+    head = train_linear_head(x, y, 1.0, False)
+    test = np.array([[-3.0, -3.0], [3.0, 3.0], [0.0, 0.0]], dtype=np.float32)
+    seen: list[list[str]] = []
+
+    def fit(x_more: np.ndarray, y_more: list[str]):  # type: ignore[no-untyped-def]
+        seen.append(y_more)
+        return train_linear_head(np.vstack([x, x_more]), y + y_more, 1.0, False)
+
+    calls = self_trained(head, fit, test, rounds=2, threshold=0.95)
+    assert seen == [["Accept", "Refuse"], ["Accept", "Refuse"]]  # the row between the blobs never joins
+    assert calls[:2] == ["Accept", "Refuse"]
