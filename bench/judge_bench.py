@@ -181,24 +181,49 @@ def held_out_splits(items: Sequence[LabelledExample], openings: Sequence[Labelle
     return splits
 
 
+def shipped_features(cfg: DistilledConfig, encoder: Any, tok: Any, bf16: bool, items: Sequence[LabelledExample],
+                     openings: Sequence[LabelledExample]) -> tuple[np.ndarray, np.ndarray]:
+    """The production featurizer's response features of the items and of their opening sentences."""
+    import torch
+
+    if bf16:
+        encoder = encoder.to(torch.bfloat16)
+    feat = Featurizer(encoder, tok, cfg)
+    print(f"features for {len(items)} items and {len(openings)} opening sentences (bf16={bf16}) ...", flush=True)
+    return (feat.response_features([e.prompt for e in items], [e.response or "" for e in items]),
+            feat.response_features([e.prompt for e in openings], [e.response or "" for e in openings]))
+
+
+SPLIT_HEADER = (f"\n{'split (trained on -> held out)':58s} {'option':26s} {'κ per held-out model':>22s} {'mean':>6s}"
+                f" {'pooled':>6s}")
+
+
+def split_row(split: str, option: str, pred: dict[int, str], labels: Sequence[str],
+              groups: np.ndarray) -> dict[str, Any]:
+    """κ of one option's calls on one split's held-out rows, per source model, their mean and pooled; printed as
+    a row of the table `splits_bench` heads."""
+    idx = sorted(pred)
+    per = {m: cohen_kappa([labels[i] for i in idx if groups[i] == m], [pred[i] for i in idx if groups[i] == m])
+           for m in XSTEST_MODELS if any(groups[i] == m for i in idx)}
+    row = {"split": split, "option": option, "per_model": per, "mean": float(np.mean(list(per.values()))),
+           "pooled": cohen_kappa([labels[i] for i in idx], [pred[i] for i in idx])}
+    print(f"{split:58s} {option:26s} {' '.join(f'{v:.3f}' for v in per.values()):>22s} {row['mean']:6.3f}"
+          f" {row['pooled']:6.3f}", flush=True)
+    return row
+
+
 def splits_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> None:
     """κ of the shipped recipe on each kind of held-out split, per model and pooled, beside the floor (frozen
     MiniLM over the reply + logistic regression, XSTest rows only) and the GPT-4 judge's labels. The issue
     quotes its split (all three vendored models in training, two unseen ones pooled): GPT-4 0.59, floor 0.74;
     where those two land among these splits says which of ours is like it."""
-    import torch
     from sklearn.linear_model import LogisticRegression
 
     _, items = base_items(cfg)
     openings = opening_sentences(items)
     encoder, tok = load_prompt_encoder()
     floor_x = embed_texts(encoder, tok, [e.response or "" for e in items], 256)  # fp32, all six layers
-    if bf16:
-        encoder = encoder.to(torch.bfloat16)
-    feat = Featurizer(encoder, tok, cfg)
-    print(f"features for {len(items)} items and {len(openings)} opening sentences (bf16={bf16}) ...", flush=True)
-    x = feat.response_features([e.prompt for e in items], [e.response or "" for e in items])
-    xo = feat.response_features([e.prompt for e in openings], [e.response or "" for e in openings])
+    x, xo = shipped_features(cfg, encoder, tok, bf16, items, openings)
     groups = np.array([e.group for e in items])
     labels, o_labels = [e.response_class or "" for e in items], [e.response_class or "" for e in openings]
     on_xstest = np.isin(groups, XSTEST_MODELS)
@@ -216,21 +241,13 @@ def splits_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> No
 
     options = {"distilled v3": shipped, "floor: frozen MiniLM + LR": floor, "GPT-4 judge labels": gpt4}
     rows: list[dict[str, Any]] = []
-    print(f"\n{'split (trained on -> held out)':58s} {'option':26s} {'κ per held-out model':>22s} {'mean':>6s}"
-          f" {'pooled':>6s}")
+    print(SPLIT_HEADER)
     for split, folds in held_out_splits(items, openings).items():
         for option, fit in options.items():
             pred: dict[int, str] = {}
             for tr, otr, te in folds:
                 pred.update(zip(te.tolist(), fit(tr, otr, te), strict=True))
-            idx = sorted(pred)
-            per = {m: cohen_kappa([labels[i] for i in idx if groups[i] == m], [pred[i] for i in idx if groups[i] == m])
-                   for m in XSTEST_MODELS if any(groups[i] == m for i in idx)}
-            row = {"split": split, "option": option, "per_model": per, "mean": float(np.mean(list(per.values()))),
-                   "pooled": cohen_kappa([labels[i] for i in idx], [pred[i] for i in idx])}
-            rows.append(row)
-            print(f"{split:58s} {option:26s} {' '.join(f'{v:.3f}' for v in per.values()):>22s} {row['mean']:6.3f}"
-                  f" {row['pooled']:6.3f}", flush=True)
+            rows.append(split_row(split, option, pred, labels, groups))
     out["splits"] = rows
 
 
@@ -259,17 +276,10 @@ def adapt_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> Non
     """κ of v3 adapted, without labels, to the held-out replies it grades (as a deployed judge could adapt to
     its model's traffic): self-training on its confident calls, priors re-estimated by EM, and each source's
     features centred on that source's mean."""
-    import torch
-
     _, items = base_items(cfg)
     openings = opening_sentences(items)
     encoder, tok = load_prompt_encoder()
-    if bf16:
-        encoder = encoder.to(torch.bfloat16)
-    feat = Featurizer(encoder, tok, cfg)
-    print(f"features for {len(items)} items and {len(openings)} opening sentences (bf16={bf16}) ...", flush=True)
-    x = feat.response_features([e.prompt for e in items], [e.response or "" for e in items])
-    xo = feat.response_features([e.prompt for e in openings], [e.response or "" for e in openings])
+    x, xo = shipped_features(cfg, encoder, tok, bf16, items, openings)
     groups, o_groups = np.array([e.group for e in items]), np.array([e.group for e in openings])
     labels, o_labels = [e.response_class or "" for e in items], [e.response_class or "" for e in openings]
     centred, o_centred = x.copy(), xo.copy()
@@ -298,20 +308,14 @@ def adapt_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> Non
 
     rows: list[dict[str, Any]] = []
     splits = held_out_splits(items, openings)
+    print(SPLIT_HEADER)
     for split in ("two -> the third, each in turn", "all three, held-out prompts"):
         pred: dict[str, dict[int, str]] = {}
         for tr, otr, te in splits[split]:
             for option, calls in options(tr, otr, te).items():
                 pred.setdefault(option, {}).update(zip(te.tolist(), calls, strict=True))
         for option, by_row in pred.items():
-            idx = sorted(by_row)
-            per = {m: cohen_kappa([labels[i] for i in idx if groups[i] == m],
-                                  [by_row[i] for i in idx if groups[i] == m]) for m in XSTEST_MODELS}
-            row = {"split": split, "option": option, "per_model": per, "mean": float(np.mean(list(per.values()))),
-                   "pooled": cohen_kappa([labels[i] for i in idx], [by_row[i] for i in idx])}
-            rows.append(row)
-            print(f"{split:32s} {option:28s} {' '.join(f'{v:.3f}' for v in per.values())} mean {row['mean']:.3f}"
-                  f" pooled {row['pooled']:.3f}", flush=True)
+            rows.append(split_row(split, option, by_row, labels, groups))
     out["adapt"] = rows
 
 
