@@ -47,6 +47,7 @@ STREAM_BODY = json.dumps({**json.loads(BODY), "stream": True}).encode()
 
 
 def free_port() -> int:
+    """A TCP port nothing listens on now."""
     import socket
 
     with socket.socket() as s:
@@ -55,6 +56,7 @@ def free_port() -> int:
 
 
 def wait_http(url: str, timeout: float = 90.0) -> None:
+    """Block until url answers below 500, or raise after timeout seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -97,6 +99,7 @@ class Procs:
 
 
 def pct(values: list[float], q: float) -> float:
+    """The q-quantile of values."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -198,6 +201,7 @@ def overhead_quantiles(port: int, qs: tuple[float, ...] = (0.5, 0.99)) -> dict[f
 
 def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: float = 0.1
                   ) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a gateway in front of the stub upstream; (process, port) once it is ready."""
     port = free_port()
     env = {"CARELOOP_HOME": str(home), "CARELOOP_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
            "CARELOOP_SAMPLE_RATE": str(sample_rate), "CARELOOP_GATEWAY__PORT": str(port),
@@ -210,6 +214,7 @@ def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: flo
 
 
 def start_litellm(procs: Procs, venv: Path, upstream_port: int, tmp: Path) -> int | None:
+    """Start LiteLLM's proxy in front of the stub upstream; its port, or None where it is not installed."""
     exe = venv / "bin" / "litellm"
     if not exe.exists():
         print(f"note: LiteLLM not found at {exe}; skipping the LiteLLM column "
@@ -233,11 +238,13 @@ def start_litellm(procs: Procs, venv: Path, upstream_port: int, tmp: Path) -> in
 
 
 def row_count(home: Path) -> int:
+    """How many exchanges the gateway's SQLite store holds."""
     with sqlite3.connect(home / "careloop.db") as db:
         return int(db.execute("SELECT count(*) FROM exchange").fetchone()[0])
 
 
 def main() -> None:
+    """Run the gateway benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--litellm", type=Path, default=Path("/tmp/litellm-venv"),
                         help="virtualenv with litellm[proxy] (skipped when absent)")

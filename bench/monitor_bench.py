@@ -117,6 +117,7 @@ async def measure(url: str, size: int, cycles: int, per_cycle: int, fill_store: 
 
 
 def main() -> None:
+    """Run the monitor-cycle benchmark at each store size and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 1_000_000])
     parser.add_argument("--cycles", type=int, default=30)

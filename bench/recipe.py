@@ -71,6 +71,7 @@ def evaluate(upstream: str, model: str, data_dir: Path, n: tuple[int, int, int],
 
 
 def main() -> None:
+    """Train one KTO configuration (or none, --base-only), measure it on held-out prompts and record the figures."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
     ap.add_argument("--upstream", default="http://127.0.0.1:8000")

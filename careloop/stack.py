@@ -36,6 +36,7 @@ class Stack:
 
     @property
     def gateway_url(self) -> str:
+        """The gateway's base URL."""
         return f"http://{self.settings.gateway.host}:{self.settings.gateway.port}"
 
     def stop(self, timeout_s: float = 20.0) -> None:

@@ -40,6 +40,7 @@ class VerdictRow:
 
     @property
     def graded(self) -> tuple[int, str, float]:
+        """(harm level, response class, score): what the windows count."""
         return self.harm_level, self.response_class, self.score
 
 

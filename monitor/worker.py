@@ -47,6 +47,7 @@ class ClaimedExchange:
     done_judges: frozenset[str] = frozenset()
 
     def judge_input(self) -> JudgeInput:
+        """This exchange as a judge reads it."""
         return JudgeInput(exchange_id=self.id, messages=list(self.messages or []), response=self.response or "")
 
 

@@ -238,30 +238,37 @@ class Settings(BaseSettings):
     # Paths inside the data dir.
     @property
     def models_dir(self) -> Path:
+        """Where prepared base models live."""
         return self.home / "models"
 
     @property
     def base_model_dir(self) -> Path:
+        """The served base model's directory."""
         return self.base_model_path or self.models_dir / "SmolLM2-135M-Instruct"
 
     @property
     def adapters_dir(self) -> Path:
+        """Where trained LoRA adapters are kept."""
         return self.home / "adapters"
 
     @property
     def runs_dir(self) -> Path:
+        """Where retraining runs keep their logs, checkpoints and reports."""
         return self.home / "runs"
 
     @property
     def reports_dir(self) -> Path:
+        """Where demo and audit reports land."""
         return self.home / "reports"
 
     @property
     def spool_dir(self) -> Path:
+        """Where the gateway spools traffic while the store is down (and keeps its last registry view)."""
         return self.home / "spool"
 
     @property
     def judges_dir(self) -> Path:
+        """Where distilled-judge artefacts are kept."""
         return self.home / "judges"
 
     def ensure_dirs(self) -> None:
