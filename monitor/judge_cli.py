@@ -46,10 +46,11 @@ def train(
         "--extra", help="Also train on these labelled replies (repeatable): `store` (the human labels from "
                         "`careloop review`) or a JSONL/CSV file as `judge audit --data` reads it. Your own "
                         "model's labelled replies are what lifts κ most.")] = None,
-    response_model: Annotated[str, typer.Option(
+    response_model: Annotated[str | None, typer.Option(
         help="segments-lr (default: the logistic head), cross-encoder, or blend (both; 5-8 more minutes of "
-             "training on 2 cores, better where your own model's replies are in training).")] = "segments-lr",
-    cross_weight: Annotated[float, typer.Option(help="blend: the cross-encoder's share of the vote.")] = 0.25,
+             "training on 2 cores, better where your own model's replies are in training).")] = None,
+    cross_weight: Annotated[float | None, typer.Option(
+        help="blend: the cross-encoder's share of the vote (default 0.25).")] = None,
 ) -> None:
     """Train a new version of the distilled judge (distilled-v<N> under the judges dir)."""
     from monitor.datasets import XSTEST_MODELS
@@ -60,7 +61,10 @@ def train(
     if heldout is not None and heldout not in XSTEST_MODELS:
         console.print(f"[red]error:[/] --heldout must be one of {', '.join(XSTEST_MODELS)}")
         raise typer.Exit(2)
-    if response_model not in RESPONSE_MODELS or not 0.0 <= cross_weight <= 1.0:
+    cfg = DistilledConfig()
+    cfg.response_model = response_model or cfg.response_model
+    cfg.cross_weight = cfg.cross_weight if cross_weight is None else cross_weight
+    if cfg.response_model not in RESPONSE_MODELS or not 0.0 <= cfg.cross_weight <= 1.0:
         console.print(f"[red]error:[/] --response-model must be one of {', '.join(RESPONSE_MODELS)} and "
                       "--cross-weight within 0-1")
         raise typer.Exit(2)
@@ -71,7 +75,6 @@ def train(
     if extra and not any(e.response and e.response_class for e in labelled):
         console.print(f"[red]error:[/] no labelled replies (a reply and its response class) in {', '.join(extra)}")
         raise typer.Exit(2)
-    cfg = DistilledConfig(response_model=response_model, cross_weight=cross_weight)
     settings.ensure_dirs()
     update, stop = rich_progress()
     try:
