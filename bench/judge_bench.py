@@ -33,7 +33,6 @@ from monitor.judges.distilled import (
     REFUSAL_RE,
     DistilledConfig,
     Featurizer,
-    _bf16_fast,
     embed_texts,
     hand_features,
     length_sorted_batches,
@@ -44,6 +43,7 @@ from monitor.judges.distilled import (
     truncated_encoder,
 )
 from monitor.scoring import RESPONSE_CLASSES, cohen_kappa, confusion_matrix, normalize_class
+from service.hardware import native_bf16
 from service.settings import REPO_ROOT
 
 DATA = REPO_ROOT / "data"
@@ -560,7 +560,7 @@ def budget_bench(cfg: DistilledConfig, out: dict[str, object], opening_weight: f
     sample = xs[:: max(1, len(xs) // 300)]
     rate_p, rate_r = [items[i].prompt for i in sample], [responses[i] for i in sample]
     precisions = {"fp32": encoder}
-    if _bf16_fast():
+    if native_bf16():
         precisions["bf16"] = copy.deepcopy(encoder).to(torch.bfloat16)
     print(f"\n{'head':>4s} {'tail':>4s} {'layers':>6s} {'openings':>8s} " + " ".join(f"{m:>16s}" for m in XSTEST_MODELS)
           + f" {'mean':>6s} " + " ".join(f"{p + ' v/s':>9s}" for p in precisions), flush=True)
@@ -650,13 +650,13 @@ def main() -> None:
         budget_bench(DistilledConfig(), out, args.opening_weight)
         plot_budget(out["budget"], args.out.with_suffix(".png"))  # type: ignore[arg-type]
     elif args.adapt:
-        adapt_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
+        adapt_bench(DistilledConfig(), bf16=not args.fp32 and native_bf16(), out=out)
     elif args.splits:
-        splits_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
+        splits_bench(DistilledConfig(), bf16=not args.fp32 and native_bf16(), out=out)
     elif args.in_domain:
-        in_domain_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
+        in_domain_bench(DistilledConfig(), bf16=not args.fp32 and native_bf16(), out=out)
     elif not args.skip_distilled:
-        distilled_bench(DistilledConfig(), bf16=not args.fp32 and _bf16_fast(), out=out)
+        distilled_bench(DistilledConfig(), bf16=not args.fp32 and native_bf16(), out=out)
     if args.llm:
         asyncio.run(llm_bench(args.llm, args.model, args.concurrency, args.limit, out))
     args.out.write_text(json.dumps(out, indent=2, default=float))

@@ -24,13 +24,13 @@ from judge_bench import base_items, embed_by_layer, lomo_kappa
 from monitor.datasets import XSTEST_MODELS, LabelledExample
 from monitor.judges.distilled import (
     DistilledConfig,
-    _bf16_fast,
     embed_texts,
     hand_features,
     load_prompt_encoder,
     opening_sentences,
     truncated_encoder,
 )
+from service.hardware import native_bf16
 from service.settings import Settings
 
 PROMPT_TOKENS = 64
@@ -93,7 +93,7 @@ def probe(layers: int, out: dict[str, object]) -> None:
     import torch
 
     cfg = DistilledConfig()
-    bf16 = _bf16_fast()
+    bf16 = native_bf16()
     _, items = base_items(cfg)
     openings = opening_sentences(items)
     labels = [e.response_class or "" for e in items]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from service.hardware import native_bf16
 from service.settings import Settings
 
 
@@ -107,9 +108,16 @@ def vllm_command(settings: Settings) -> list[str]:
         "--served-model-name", settings.base_model,
         "--host", "127.0.0.1", "--port", str(settings.vllm_port),
         "--enable-lora", "--max-lora-rank", str(max(16, settings.retrain.lora_r)), "--max-loras", "4",
-        "--max-model-len", "2048", "--dtype", "bfloat16",
+        "--max-model-len", "2048", "--dtype", vllm_dtype(settings),
         *settings.vllm_extra_args,
     ]
+
+
+def vllm_dtype(settings: Settings) -> str:
+    """The dtype vLLM serves in: the setting, or for `auto` whichever this CPU computes faster."""
+    if settings.vllm_dtype != "auto":
+        return settings.vllm_dtype
+    return "bfloat16" if native_bf16() else "float32"
 
 
 def vllm_env(settings: Settings) -> dict[str, str]:

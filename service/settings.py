@@ -202,6 +202,8 @@ class Settings(BaseSettings):
     data_dir: Path = REPO_ROOT / "data"
     vllm_port: int = 8000
     vllm_kv_cache_gb: int = 2
+    # auto: bfloat16 where the CPU multiplies it natively (AVX-512 BF16, AMX, Arm BF16), else float32.
+    vllm_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     vllm_extra_args: list[str] = Field(default_factory=list)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)

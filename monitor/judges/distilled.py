@@ -41,6 +41,7 @@ from monitor.judges.cross_encoder import (
     train_cross_encoder,
 )
 from monitor.scoring import RESPONSE_CLASSES, cohen_kappa
+from service.hardware import native_bf16
 
 if TYPE_CHECKING:
     from monitor.datasets import LabelledExample
@@ -471,7 +472,7 @@ def train_distilled(settings: Settings, cfg: DistilledConfig | None = None, held
     models = [m for m in XSTEST_MODELS if m != heldout_model]
     response_set, harm_set = training_sets(settings.data_dir, cfg, models, extra)
     encoder, tokenizer = load_prompt_encoder()
-    if cfg.bf16_inference and _bf16_fast():
+    if cfg.bf16_inference and native_bf16():
         import torch
 
         encoder = encoder.to(torch.bfloat16)  # train on the features the judge will see at inference
@@ -640,7 +641,7 @@ def load_artefact(path: Path, bf16: bool | None = None) -> LoadedDistilled:
     cfg = DistilledConfig(**raw)
     encoder, tokenizer = load_prompt_encoder()
     use_bf16 = cfg.bf16_inference if bf16 is None else bf16
-    if use_bf16 and _bf16_fast():
+    if use_bf16 and native_bf16():
         encoder = encoder.to(torch.bfloat16)
     head_path = path / "response_head.json"
     response_head = LinearHead.from_json(json.loads(head_path.read_text())) if head_path.is_file() else None
@@ -652,15 +653,6 @@ def load_artefact(path: Path, bf16: bool | None = None) -> LoadedDistilled:
     harmful_head = LinearHead.from_json(json.loads(harmful_path.read_text())) if harmful_path.is_file() else None
     return LoadedDistilled(path, manifest, cfg, Featurizer(encoder, tokenizer, cfg), response_head, harm_head,
                            harmful_head, cross)
-
-
-def _bf16_fast() -> bool:
-    """Whether this CPU has native bf16 matmuls (AVX-512 BF16 / AMX); elsewhere bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class DistilledJudge:

@@ -41,3 +41,21 @@ def test_stopping_the_stack_stops_its_local_retrain_runs_only(settings: Settings
         for proc in (retrain, other):
             proc.kill()
             proc.wait()
+
+
+def test_vllm_serves_in_the_dtype_the_cpu_computes_fastest(settings: Settings,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from careloop import stack
+
+    def dtype_arg(cfg: Settings) -> str:
+        cmd = stack.vllm_command(cfg)
+        return cmd[cmd.index("--dtype") + 1]
+
+    monkeypatch.setattr(stack, "native_bf16", lambda: True)
+    assert dtype_arg(settings) == "bfloat16"
+    monkeypatch.setattr(stack, "native_bf16", lambda: False)
+    assert dtype_arg(settings) == "float32"
+    assert dtype_arg(settings.model_copy(update={"vllm_dtype": "bfloat16"})) == "bfloat16"
+    # An operator's own --dtype in vllm_extra_args comes last, so vLLM's parser takes it.
+    cmd = stack.vllm_command(settings.model_copy(update={"vllm_extra_args": ["--dtype", "bfloat16"]}))
+    assert cmd[-2:] == ["--dtype", "bfloat16"]
