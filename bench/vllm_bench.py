@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from gateway_bench import free_port
+from gateway_bench import Procs, free_port
 
 from careloop.stack import vllm_command, vllm_env, wait_http
 from monitor.datasets import load_medquad
@@ -115,19 +114,15 @@ def run_one(settings: Settings, dtype: str, isa: str | None, questions: list[str
     shim.mkdir(exist_ok=True)
     env = {**vllm_env(cfg), **emulation_env(isa, shim)}
     log = log_dir / f"vllm-{dtype}-{isa or 'native'}.log"
+    procs = Procs()
     t = time.perf_counter()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(vllm_command(cfg), env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = procs.start(vllm_command(cfg), env, log)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", None, 600)
         startup = time.perf_counter() - t
         result = asyncio.run(measure(f"http://127.0.0.1:{port}", cfg.base_model, questions))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        procs.stop(proc)
     return {"dtype": dtype, "cpu": isa or "native", "startup_s": startup, **result}
 
 
