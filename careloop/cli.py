@@ -56,6 +56,20 @@ def model_prepare(force: Annotated[bool, typer.Option(help="Convert again even i
         raise typer.Exit(2) from exc
 
 
+@model_app.command("serve")
+def model_serve(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (CARELOOP_VLLM_PORT).")] = None,
+) -> None:
+    """Serve the base model with vLLM's CPU build as `careloop up` does (runtime LoRA, the CPU's fastest dtype)."""
+    from careloop.stack import vllm_command, vllm_env
+
+    settings = settings_from_cli(vllm_port=port)
+    cmd = vllm_command(settings, host=host)
+    console.print(f"exec {' '.join(cmd)}", soft_wrap=True)
+    os.execvpe(cmd[0], cmd, vllm_env(settings))
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     database_url: Annotated[str | None, typer.Option(help="Store URL (CARELOOP_DATABASE_URL).")] = None,

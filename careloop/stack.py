@@ -100,13 +100,13 @@ def _is_retrain_process(pid: int) -> bool:
     return b"retrain" in cmdline
 
 
-def vllm_command(settings: Settings) -> list[str]:
-    """The command line that serves the embedded model on CPU with runtime LoRA loading."""
+def vllm_command(settings: Settings, host: str = "127.0.0.1") -> list[str]:
+    """The command line that serves the base model on CPU with runtime LoRA loading."""
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(settings.base_model_dir),
         "--served-model-name", settings.base_model,
-        "--host", "127.0.0.1", "--port", str(settings.vllm_port),
+        "--host", host, "--port", str(settings.vllm_port),
         "--enable-lora", "--max-lora-rank", str(max(16, settings.retrain.lora_r)), "--max-loras", "4",
         "--max-model-len", "2048", "--dtype", vllm_dtype(settings),
         *settings.vllm_extra_args,

@@ -90,6 +90,36 @@ def config(objs: list[dict[str, Any]]) -> dict[str, str]:
     return dict(find(objs, "ConfigMap", "careloop-config")["data"])
 
 
+def settings_from_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a process reads from exactly `env`'s CARELOOP_* variables, as a pod's would."""
+    for key in [k for k in os.environ if k.startswith("CARELOOP_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def served_vllm_args(objs: list[dict[str, Any]], c: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The vLLM flags a vllm container serves with, as `--flag=value`: its args, or for `careloop model serve` the
+    command line careloop builds from the pod's settings (its ConfigMap, then its own env)."""
+    if c["command"][-3:] != ["careloop", "model", "serve"]:
+        return list(c["args"])
+    from careloop.stack import vllm_command
+
+    env = {k: v for src in c.get("envFrom", []) if src.get("configMapRef", {}).get("name") == "careloop-config"
+           for k, v in config(objs).items()}
+    env |= {k: v for k, v in env_of(c).items() if k.startswith("CARELOOP_") and isinstance(v, str)}
+    cmd = vllm_command(settings_from_env(env, monkeypatch), host="0.0.0.0")
+    flags = cmd[cmd.index("--model"):]
+    out: list[str] = []
+    for tok in flags:
+        if out and not tok.startswith("--") and "=" not in out[-1]:
+            out[-1] += f"={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
 def job_template(objs: list[dict[str, Any]], run_id: int = 7) -> dict[str, Any]:
     """The Job the monitor's Kubernetes launcher makes for `run_id` from the mounted template and its settings."""
     import tempfile
@@ -175,16 +205,21 @@ def test_gateway_serves_every_vllm_replica(rendered: dict[str, list[dict[str, An
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_vllm_takes_runtime_adapters_from_the_shared_volume(
-    rendered: dict[str, list[dict[str, Any]]], overlay: str,
+    rendered: dict[str, list[dict[str, Any]]], overlay: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """--enable-lora, runtime loading on, the data volume at CARELOOP_HOME (where retrain writes adapters)."""
     objs = rendered[overlay]
     spec = find(objs, "StatefulSet", "vllm")["spec"]["template"]["spec"]
     c = container(spec, "vllm")
-    assert "--enable-lora" in c["args"]
-    rank = next(int(a.split("=", 1)[1]) for a in c["args"] if a.startswith("--max-lora-rank="))
+    args = served_vllm_args(objs, c, monkeypatch)
+    assert "--enable-lora" in args and "--host=0.0.0.0" in args and "--port=8000" in args
+    rank = next(int(a.split("=", 1)[1]) for a in args if a.startswith("--max-lora-rank="))
     assert rank >= Settings().retrain.lora_r, "vLLM must accept the adapters retrain trains"
     assert env_of(c)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    if overlay == "cpu-dev":  # the model the init container prepares, under the name the gateway asks for
+        cfg = config(objs)
+        assert f"--model={cfg['CARELOOP_BASE_MODEL_PATH']}" in args
+        assert f"--served-model-name={cfg['CARELOOP_BASE_MODEL']}" in args
     home = config(objs)["CARELOOP_HOME"]
     data_vol = next(v["name"] for v in spec["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName")
                     == "careloop-data")
@@ -276,11 +311,7 @@ def test_careloop_config_parses_as_settings(
 ) -> None:
     """The ConfigMap, read from the environment as a pod reads it, gives the settings the cluster relies on."""
     cfg = config(rendered[overlay])
-    for key in [k for k in os.environ if k.startswith("CARELOOP_")]:
-        monkeypatch.delenv(key)
-    for key, value in cfg.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings()
+    settings = settings_from_env(cfg, monkeypatch)
     vllm = find(rendered[overlay], "StatefulSet", "vllm")
     assert settings.upstreams == [f"http://vllm-{i}.vllm:8000" for i in range(vllm["spec"]["replicas"])]
     assert str(settings.home) == "/var/lib/careloop"
