@@ -32,6 +32,7 @@ from gateway_bench import Procs, free_port
 
 from careloop.stack import vllm_command, vllm_env, wait_http
 from monitor.datasets import load_medquad
+from retrain.train import peft_greedy
 from service.hardware import native_bf16
 from service.settings import Settings
 
@@ -89,23 +90,6 @@ async def measure(url: str, model: str, questions: list[str]) -> dict[str, Any]:
             "concurrent_tok_s": sum(n for _, n, _ in many) / wall, "replies": replies}
 
 
-def reference_replies(model_dir: Path, questions: list[str]) -> list[str]:
-    """transformers' fp32 greedy replies: what training and the PEFT check compute."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    out = []
-    for q in questions:
-        ids: Any = tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                                 return_tensors="pt", return_dict=True)
-        with torch.no_grad():
-            gen = model.generate(**ids, max_new_tokens=48, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        out.append(str(tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)))
-    return out
-
-
 def run_one(settings: Settings, dtype: str, isa: str | None, questions: list[str], log_dir: Path) -> dict[str, Any]:
     """Start vLLM in one dtype on one (possibly emulated) CPU, measure it, stop it."""
     port = free_port()
@@ -140,7 +124,7 @@ def main() -> None:
     args = ap.parse_args()
     settings = Settings()
     questions = [ex.messages[-1]["content"] for ex in load_medquad(settings.data_dir)][::97][:12]
-    reference = reference_replies(settings.base_model_dir, questions)
+    reference = peft_greedy(settings.base_model_dir, None, questions, max_new_tokens=48)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vllm-bench-") as tmp:
         for isa in [None, *[e for e in args.emulate.split(",") if e]]:

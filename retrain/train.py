@@ -168,9 +168,10 @@ def _train_and_save(trainer: Any, tokenizer: Any, stage: str, n: int, out_dir: P
                        list(trainer.state.log_history))
 
 
-def peft_greedy(base_model_dir: Path, adapter_dir: Path, prompts: Sequence[str], max_new_tokens: int = 24,
+def peft_greedy(base_model_dir: Path, adapter_dir: Path | None, prompts: Sequence[str], max_new_tokens: int = 24,
                 threads: int | None = None) -> list[str]:
-    """Greedy replies from the adapter through PEFT itself (to check vLLM serves the same adapter)."""
+    """Greedy fp32 replies from the adapter through PEFT itself, or from the base model when `adapter_dir` is None:
+    what training computes, to check that vLLM serves the same model."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -178,7 +179,7 @@ def peft_greedy(base_model_dir: Path, adapter_dir: Path, prompts: Sequence[str],
     set_torch_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
     base: Any = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype="float32")
-    model: Any = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    model: Any = (PeftModel.from_pretrained(base, str(adapter_dir)) if adapter_dir else base).eval()
     out: list[str] = []
     for prompt in prompts:
         ids: Any = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,

@@ -46,6 +46,8 @@ def test_training_produces_a_loadable_adapter(tiny_adapter: Path, embedded_model
     assert (tiny_adapter / "adapter_model.safetensors").exists()
     replies = peft_greedy(embedded_model_dir, tiny_adapter, ["What is the flu?"], max_new_tokens=4)
     assert len(replies) == 1 and replies[0].strip()
+    base = peft_greedy(embedded_model_dir, None, ["What is the flu?", "Define anemia."], max_new_tokens=4)
+    assert len(base) == 2 and all(r.strip() for r in base)
 
 
 def test_kto_refuses_one_sided_data(embedded_model_dir: Path, tmp_path: Path) -> None:
