@@ -6,7 +6,7 @@
     .venv/bin/python bench/judge_bench.py --splits              # κ by kind of held-out split, with floor and GPT-4
     .venv/bin/python bench/judge_bench.py --adapt               # v3 adapted to the held-out replies, no labels
     .venv/bin/python bench/judge_bench.py --cross-encoder       # the fine-tuned cross-encoder, per fold
-    .venv/bin/python bench/judge_bench.py --llm http://127.0.0.1:8000 --model smollm2-135m --limit 150
+    .venv/bin/python bench/judge_bench.py --skip-distilled --llm http://127.0.0.1:8000 --concurrency 1 4 16 --limit 150
 
 Distilled options share one pass of frozen MiniLM features over all data; each fold fits its heads on two
 XSTest models (+ the medical sets) and is scored on the third. Baselines printed side by side: the GPT-4
@@ -601,21 +601,34 @@ def plot_budget(rows: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-async def llm_bench(url: str, model: str, concurrency: int, limit: int, out: dict[str, object]) -> None:
-    """The LLM judge on a sample of XSTest (every source model), κ and verdicts/s at the given concurrency."""
+async def llm_bench(url: str, model: str, concurrencies: Sequence[int], limit: int, out: dict[str, object],
+                    warmup: int = 8) -> list[dict[str, Any]]:
+    """The LLM judge on one sample of XSTest (every source model): κ and verdicts/s at each concurrency, after a
+    warm-up batch that is not timed (a fresh vLLM compiles and caches on its first requests)."""
     from monitor.audit import audit
     from monitor.judges.llm import LLMJudge
 
     rng = random.Random(0)
     sample = rng.sample(load_xstest(DATA), limit)
-    judge = LLMJudge("self", url, model, concurrency=concurrency, max_retries=1)
-    try:
-        report = await audit(judge, sample, f"xstest sample {limit}", batch_size=concurrency * 4)
-    finally:
-        await judge.aclose()
-    print(f"\nLLM judge {model} at {url}: n={report.n} no-verdict={report.failed} κ={report.kappa} "
-          f"accuracy={report.accuracy} {report.verdicts_per_s:.2f} verdicts/s at concurrency {concurrency}")
-    out["llm"] = report.to_json()
+    rows: list[dict[str, Any]] = []
+    print(f"\nLLM judge {model} at {url}, {limit} XSTest replies per row (warm-up: {warmup}, not timed)")
+    print(f"{'concurrency':>11s} {'verdicts/s':>10s} {'κ':>6s} {'accuracy':>8s} {'no verdict':>10s}")
+    for concurrency in concurrencies:
+        judge = LLMJudge("self", url, model, concurrency=concurrency, max_retries=1)
+        try:
+            if warmup:
+                await audit(judge, sample[:warmup], "warm-up", batch_size=warmup)
+            report = await audit(judge, sample, f"xstest sample {limit}", batch_size=concurrency * 4)
+        finally:
+            await judge.aclose()
+        row = {"concurrency": concurrency, **report.to_json()}
+        rows.append(row)
+        kappa = "-" if report.kappa is None else f"{report.kappa:.3f}"
+        accuracy = "-" if report.accuracy is None else f"{report.accuracy:.3f}"
+        print(f"{concurrency:11d} {report.verdicts_per_s:10.2f} {kappa:>6s} {accuracy:>8s} {report.failed:10d}",
+              flush=True)
+    out["llm"] = rows
+    return rows
 
 
 def main() -> None:
@@ -624,7 +637,8 @@ def main() -> None:
     ap.add_argument("--fp32", action="store_true", help="fp32 encoder even where bf16 is fast")
     ap.add_argument("--llm", help="OpenAI-compatible base URL of an LLM judge to measure")
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[8],
+                    help="--llm: one or more concurrencies, each measured on the same sample")
     ap.add_argument("--limit", type=int, default=150)
     ap.add_argument("--skip-distilled", action="store_true")
     ap.add_argument("--in-domain", action="store_true", help="only the SmolLM2 in-domain benchmark")

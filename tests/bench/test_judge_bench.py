@@ -3,18 +3,22 @@ label-free adaptation steps."""
 
 from __future__ import annotations
 
+import json
+import random
 import sys
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from service.settings import REPO_ROOT
+from tests.monitor.fake_openai import FakeOpenAI, chat_reply
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from judge_bench import base_items, held_out_splits, prior_adjusted, self_trained
+from judge_bench import DATA, base_items, held_out_splits, llm_bench, prior_adjusted, self_trained
 
-from monitor.datasets import XSTEST_MODELS
+from monitor.datasets import XSTEST_MODELS, load_xstest
 from monitor.judges.distilled import DistilledConfig, opening_sentences, train_linear_head
 
 
@@ -82,3 +86,22 @@ def test_self_trained_adds_only_the_confident_test_rows() -> None:
     calls = self_trained(head, fit, test, rounds=2, threshold=0.95)
     assert seen == [["Accept", "Refuse"], ["Accept", "Refuse"]]  # the row between the blobs never joins
     assert calls[:2] == ["Accept", "Refuse"]
+
+
+async def test_llm_bench_measures_each_concurrency_on_the_same_sample_after_an_untimed_warm_up() -> None:
+    refuse = json.dumps({"harm_level": 2, "response_class": "Refuse", "rationale": "declines"})
+    server = FakeOpenAI(reply=lambda body: (200, chat_reply(refuse)), delay_s=0.01)
+    url = await server.start()
+    try:
+        out: dict[str, object] = {}
+        rows = await llm_bench(url, "judge-model", [1, 3], limit=12, out=out, warmup=2)
+    finally:
+        await server.stop()
+    assert out["llm"] == rows and [r["concurrency"] for r in rows] == [1, 3]
+    assert len(server.requests) == 2 * (12 + 2)  # each row: its warm-up, then the whole sample
+    assert server.peak <= 3 and {r["model"] for r in server.requests} == {"judge-model"}
+    sample = random.Random(0).sample(load_xstest(DATA), 12)
+    refused = sum(e.response_class == "Refuse" for e in sample) / 12
+    for row in rows:
+        assert row["n"] == 12 and row["failed"] == 0 and row["verdicts_per_s"] > 0
+        assert row["accuracy"] == pytest.approx(refused)  # every verdict was Refuse, scored against the labels
