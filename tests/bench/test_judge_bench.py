@@ -1,5 +1,5 @@
-"""The judge benchmark's held-out splits (nothing of a test fold leaks into its training rows) and its
-label-free adaptation steps."""
+"""The judge benchmark's held-out splits (nothing of a test fold leaks into its training rows), its
+label-free adaptation steps and its LLM-judge concurrency sweep."""
 
 from __future__ import annotations
 
