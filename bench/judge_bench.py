@@ -6,6 +6,7 @@
     .venv/bin/python bench/judge_bench.py --splits              # κ by kind of held-out split, with floor and GPT-4
     .venv/bin/python bench/judge_bench.py --adapt               # v3 adapted to the held-out replies, no labels
     .venv/bin/python bench/judge_bench.py --cross-encoder       # the fine-tuned cross-encoder, per fold
+    .venv/bin/python bench/judge_bench.py --rate 64 32 16       # whole-judge verdicts/s by encoder batch
     .venv/bin/python bench/judge_bench.py --skip-distilled --llm http://127.0.0.1:8000 --concurrency 1 4 16 --limit 150
 
 Distilled options share one pass of frozen MiniLM features over all data; each fold fits its heads on two
@@ -601,6 +602,44 @@ def plot_budget(rows: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def rate_bench(judge: Any, encoder_batches: Sequence[int], worker_batch: int, reps: int,
+               out: dict[str, object], items: Sequence[LabelledExample] | None = None) -> list[dict[str, Any]]:
+    """Whole-judge verdicts/s (`grade_sync`, in worker batches) for each encoder batch, interleaved `reps` times so
+    a busy neighbour slows every option alike; medians, ratios to the first option, and whether verdicts match."""
+    import statistics
+
+    from monitor.judges.base import JudgeInput
+
+    rows_in = list(items if items is not None else load_xstest(DATA))
+    inputs = [JudgeInput(e.id, [{"role": "user", "content": e.prompt}], e.response or "") for e in rows_in]
+    featurizer = judge.loaded.featurizer
+    judge.grade_sync(inputs[:worker_batch])  # warm-up, not timed
+    rates: dict[int, list[float]] = {b: [] for b in encoder_batches}
+    verdicts: dict[int, list[str]] = {}
+    for _ in range(reps):
+        for b in encoder_batches:
+            featurizer.batch_size = b
+            t0 = time.perf_counter()
+            got = [r.response_class for s in range(0, len(inputs), worker_batch)
+                   for r in judge.grade_sync(inputs[s:s + worker_batch])]
+            rates[b].append(len(inputs) / (time.perf_counter() - t0))
+            verdicts[b] = got
+    first = encoder_batches[0]
+    base = statistics.median(rates[first])
+    print(f"\ndistilled judge on {len(inputs)} XSTest replies, worker batch {worker_batch}, {reps} interleaved runs")
+    print(f"{'encoder batch':>13s} {'verdicts/s':>10s} {'× first':>7s} {'same verdicts':>13s}  runs")
+    rows: list[dict[str, Any]] = []
+    for b in encoder_batches:
+        med = statistics.median(rates[b])
+        same = sum(x == y for x, y in zip(verdicts[b], verdicts[first], strict=True))
+        rows.append({"encoder_batch": b, "worker_batch": worker_batch, "verdicts_per_s": med, "runs": rates[b],
+                     "ratio": med / base, "same_verdicts": same, "n": len(inputs)})
+        print(f"{b:13d} {med:10.1f} {med / base:7.2f} {same:>6d}/{len(inputs):<6d}  "
+              + " ".join(f"{r:.1f}" for r in rates[b]), flush=True)
+    out["rate"] = rows
+    return rows
+
+
 async def llm_bench(url: str, model: str, concurrencies: Sequence[int], limit: int, out: dict[str, object],
                     warmup: int = 8) -> list[dict[str, Any]]:
     """The LLM judge on one sample of XSTest (every source model): κ and verdicts/s at each concurrency, after a
@@ -631,6 +670,19 @@ async def llm_bench(url: str, model: str, concurrencies: Sequence[int], limit: i
     return rows
 
 
+def _rate_judge(artefact: Path | None, bf16: bool) -> Any:
+    """The distilled judge to time: the given artefact, or one trained now in a temporary home (about a minute)."""
+    import tempfile
+
+    from monitor.judges.distilled import DistilledJudge, load_artefact, train_distilled
+    from service.settings import Settings
+
+    if artefact is None:
+        home = Path(tempfile.mkdtemp(prefix="judge-rate-"))
+        artefact = train_distilled(Settings(home=home, database_url=f"sqlite:///{home / 'c.db'}")).path
+    return DistilledJudge(load_artefact(artefact, bf16=bf16))
+
+
 def main() -> None:
     """Run the selected benchmarks and write a JSON summary."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -652,13 +704,21 @@ def main() -> None:
                     help="only κ against verdicts/s: opening length × encoder depth × opening sentences")
     ap.add_argument("--opening-weight", type=float, default=1.0,
                     help="--budget: weight of the opening-sentence rows (the grid in the README: 1; shipped: 0.25)")
+    ap.add_argument("--rate", type=int, nargs="+", metavar="ENCODER_BATCH",
+                    help="only whole-judge verdicts/s at these encoder batches (the first is the baseline), with a "
+                         "judge trained on all three models unless --artefact")
+    ap.add_argument("--artefact", type=Path, help="--rate: a trained distilled-v<N> directory to load")
+    ap.add_argument("--worker-batch", type=int, default=64, help="--rate: exchanges per grade (the worker's)")
+    ap.add_argument("--reps", type=int, default=5, help="--rate: interleaved runs of each option")
     ap.add_argument("--out", type=Path, default=Path("judge_bench.json"))
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(2)
     out: dict[str, object] = {}
-    if args.cross_encoder is not None:
+    if args.rate:
+        rate_bench(_rate_judge(args.artefact, bf16=not args.fp32), args.rate, args.worker_batch, args.reps, out)
+    elif args.cross_encoder is not None:
         cross_encoder_bench(DistilledConfig(), args.cross_encoder or XSTEST_MODELS, out)
     elif args.budget:
         budget_bench(DistilledConfig(), out, args.opening_weight)

@@ -111,9 +111,15 @@ class DistilledConfig:
 # --------------------------------------------------------------------------------------------------------------
 # Features
 
+# Texts per encoder pass, whatever the worker's batch: the worker's 64 replies read in passes of 32 pad less and
+# stay in cache. Measured on 1,350 XSTest replies (fp32, AVX2-only 2 cores, same verdicts; `bench/judge_bench.py
+# --rate 64 32`): 50.3 vs 45.9 and 47.3 vs 43.3 verdicts/s (1.09-1.10x); 16 read as 32. The judge figures in the
+# README were measured at 32.
+ENCODER_BATCH = 32
+
 
 def embed_texts(encoder: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 128,
-                from_end: bool = False, batch_size: int = 64) -> np.ndarray:
+                from_end: bool = False, batch_size: int = ENCODER_BATCH) -> np.ndarray:
     """Normalised mean-pooled sentence embeddings (all-MiniLM-L6-v2's recipe); `from_end` keeps the ending."""
     import torch
 
@@ -128,7 +134,7 @@ def embed_texts(encoder: Any, tokenizer: Any, texts: Sequence[str], max_length: 
 
 
 def length_sorted_batches(tokenizer: Any, texts: Sequence[str], max_length: int, from_end: bool = False,
-                          batch_size: int = 64) -> Iterator[tuple[list[int], Any]]:
+                          batch_size: int = ENCODER_BATCH) -> Iterator[tuple[list[int], Any]]:
     """(indices, tokenized batch) over texts grouped by length, so batches pad little; `from_end` keeps endings."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     side = tokenizer.truncation_side
@@ -149,11 +155,6 @@ def mean_pool(hidden: Any, attention_mask: Any) -> np.ndarray:
     m = attention_mask.unsqueeze(-1).float()
     pooled = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
     return torch.nn.functional.normalize(pooled, dim=-1).numpy()
-
-
-def embed_prompts(encoder: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Prompt embeddings (what the harm head reads)."""
-    return embed_texts(encoder, tokenizer, texts, 64, batch_size=batch_size)
 
 
 REFUSAL_RE = re.compile(
@@ -191,6 +192,7 @@ class Featurizer:
     encoder: Any
     tokenizer: Any
     cfg: DistilledConfig
+    batch_size: int = ENCODER_BATCH  # texts per encoder pass (speed only: the features do not depend on it)
     _response_encoder: Any = field(default=None, init=False, repr=False)
 
     @property
@@ -202,7 +204,7 @@ class Featurizer:
 
     def prompt_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
         """The prompt segment (shared with the harm head)."""
-        return embed_texts(self.encoder, self.tokenizer, prompts, self.cfg.prompt_tokens)
+        return embed_texts(self.encoder, self.tokenizer, prompts, self.cfg.prompt_tokens, batch_size=self.batch_size)
 
     def response_features(self, prompts: Sequence[str], responses: Sequence[str],
                           prompt_emb: np.ndarray | None = None) -> np.ndarray:
@@ -212,14 +214,15 @@ class Featurizer:
             if seg == "prompt":
                 parts.append(self.prompt_embeddings(prompts) if prompt_emb is None else prompt_emb)
             elif seg == "head":
-                parts.append(embed_texts(self.response_encoder, self.tokenizer, responses, self.cfg.head_tokens))
+                parts.append(embed_texts(self.response_encoder, self.tokenizer, responses, self.cfg.head_tokens,
+                                         batch_size=self.batch_size))
             elif seg == "tail":
                 parts.append(embed_texts(self.response_encoder, self.tokenizer, responses, self.cfg.tail_tokens,
-                                         from_end=True))
+                                         from_end=True, batch_size=self.batch_size))
             elif seg == "joint":
                 parts.append(embed_texts(self.response_encoder, self.tokenizer,
                                          [f"{q} [SEP] {r}" for q, r in zip(prompts, responses, strict=True)],
-                                         self.cfg.joint_tokens))
+                                         self.cfg.joint_tokens, batch_size=self.batch_size))
             else:
                 raise ValueError(f"unknown feature segment {seg!r}")
         parts.append(np.asarray([hand_features(r) for r in responses], dtype=np.float32).reshape(len(responses), -1))

@@ -1,5 +1,5 @@
 """The judge benchmark's held-out splits (nothing of a test fold leaks into its training rows), its
-label-free adaptation steps and its LLM-judge concurrency sweep."""
+label-free adaptation steps, its LLM-judge concurrency sweep and its encoder-batch rate sweep."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from tests.monitor.fake_openai import FakeOpenAI, chat_reply
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from judge_bench import DATA, base_items, held_out_splits, llm_bench, prior_adjusted, self_trained
+from judge_bench import DATA, base_items, held_out_splits, llm_bench, prior_adjusted, rate_bench, self_trained
 
 from monitor.datasets import XSTEST_MODELS, load_xstest
+from monitor.judges.base import JudgeResult
 from monitor.judges.distilled import DistilledConfig, opening_sentences, train_linear_head
 
 
@@ -105,3 +106,33 @@ async def test_llm_bench_measures_each_concurrency_on_the_same_sample_after_an_u
     for row in rows:
         assert row["n"] == 12 and row["failed"] == 0 and row["verdicts_per_s"] > 0
         assert row["accuracy"] == pytest.approx(refused)  # every verdict was Refuse, scored against the labels
+
+
+class _CountingJudge:
+    """Stands in for the distilled judge: records each grade's size and the encoder batch it ran at."""
+
+    def __init__(self) -> None:
+        self.loaded = type("Loaded", (), {})()
+        self.loaded.featurizer = type("Featurizer", (), {"batch_size": 32})()
+        self.calls: list[tuple[int, int]] = []
+
+    def grade_sync(self, items: list) -> list[JudgeResult]:  # type: ignore[type-arg]
+        b = self.loaded.featurizer.batch_size
+        self.calls.append((len(items), b))
+        # At encoder batch 16 the stand-in calls every fifth reply Refuse, so verdicts differ from the baseline.
+        return [JudgeResult(harm_level=0, response_class="Refuse" if b == 16 and int(i.exchange_id) % 5 == 0
+                            else "Accept", latency_ms=0.0) for i in items]
+
+
+def test_rate_bench_times_each_encoder_batch_interleaved_and_compares_verdicts() -> None:
+    items = [replace(e, id=str(n)) for n, e in enumerate(load_xstest(DATA)[:50])]
+    judge = _CountingJudge()
+    out: dict[str, object] = {}
+    rows = rate_bench(judge, [64, 16], worker_batch=20, reps=3, out=out, items=items)
+    assert out["rate"] == rows and [r["encoder_batch"] for r in rows] == [64, 16]
+    assert judge.calls[0] == (20, 32)  # the untimed warm-up: one worker batch
+    timed = judge.calls[1:]
+    per_pass = [(20, 64), (20, 64), (10, 64), (20, 16), (20, 16), (10, 16)]  # 50 replies in worker batches of 20
+    assert timed == per_pass * 3  # the options take turns, run after run
+    assert rows[0]["ratio"] == 1.0 and len(rows[1]["runs"]) == 3 and rows[1]["n"] == 50
+    assert rows[0]["same_verdicts"] == 50 and rows[1]["same_verdicts"] == 40

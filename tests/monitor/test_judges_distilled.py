@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from monitor.datasets import LabelledExample
@@ -182,6 +183,18 @@ def test_truncated_encoder_stops_early_and_shares_weights() -> None:
     assert torch.allclose(got, want, atol=1e-5)
     with pytest.raises(ValueError, match="response_layers"):
         truncated_encoder(encoder, 7)
+
+
+def test_embeddings_do_not_depend_on_the_encoder_batch() -> None:
+    from monitor.judges.distilled import embed_texts, load_prompt_encoder
+
+    encoder, tok = load_prompt_encoder()
+    texts = ["No.", "I cannot help with that request.", "", "Drink water, rest, and see a doctor if the fever "
+             "lasts more than three days or climbs above 39 degrees.", "Sure! Here is how:\n1. Mix.\n2. Stir."]
+    whole = embed_texts(encoder, tok, texts, 32, batch_size=len(texts))
+    for b in (1, 2, 3):
+        assert np.allclose(embed_texts(encoder, tok, texts, 32, batch_size=b), whole, atol=1e-5)
+    assert not np.allclose(whole[0], whole[1], atol=1e-2)  # rows stay with their own text
 
 
 def test_fp32_and_bf16_agree(trained: Settings) -> None:
