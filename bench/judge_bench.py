@@ -611,7 +611,7 @@ def rate_bench(judge: Any, encoder_batches: Sequence[int], worker_batch: int, re
     from monitor.judges.base import JudgeInput
 
     rows_in = list(items if items is not None else load_xstest(DATA))
-    inputs = [JudgeInput(e.id, [{"role": "user", "content": e.prompt}], e.response or "") for e in rows_in]
+    inputs = [JudgeInput(e.id, e.messages, e.response or "") for e in rows_in]
     featurizer = judge.loaded.featurizer
     judge.grade_sync(inputs[:worker_batch])  # warm-up, not timed
     rates: dict[int, list[float]] = {b: [] for b in encoder_batches}
@@ -674,12 +674,11 @@ def _rate_judge(artefact: Path | None, bf16: bool) -> Any:
     """The distilled judge to time: the given artefact, or one trained now in a temporary home (about a minute)."""
     import tempfile
 
-    from monitor.judges.distilled import DistilledJudge, load_artefact, train_distilled
+    from monitor.judges.distilled import DistilledJudge, ensure_distilled, load_artefact
     from service.settings import Settings
 
     if artefact is None:
-        home = Path(tempfile.mkdtemp(prefix="judge-rate-"))
-        artefact = train_distilled(Settings(home=home, database_url=f"sqlite:///{home / 'c.db'}")).path
+        artefact = ensure_distilled(Settings(home=Path(tempfile.mkdtemp(prefix="judge-rate-"))))
     return DistilledJudge(load_artefact(artefact, bf16=bf16))
 
 
