@@ -133,8 +133,13 @@ class RetrainSettings(BaseModel):
     # Canary analysis.
     canary_steps: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0])
     canary_min_verdicts: int = 30
-    canary_ss_margin: float = 0.02
-    canary_err_margin: float = 0.05
+    # The canary's sequential tests (retrain/stats.py): a canary worse than stable by these margins is caught.
+    canary_overall_margin: float = 0.10  # on the Overall Metric α·SS + (1−α)·(1−ERR)
+    canary_err_margin: float = 0.10  # ERR above stable's by more than this rolls back (a refusal spike)
+    canary_alpha: float = 0.05  # chance of rolling back a canary that is no worse than stable
+    canary_beta: float = 0.05  # chance of promoting a canary worse by a margin
+    canary_max_verdicts: int = 240  # the test's last look: a canary not shown no worse by then is rolled back
+    canary_stable_verdicts: int = 600  # stable's latest verdicts the canary is compared with
     require_approval: bool = False
     accelerate_config: str | None = None  # FSDP / DeepSpeed config for multi-GPU jobs
     kto_beta: float = 0.1
@@ -157,7 +162,7 @@ class RetrainSettings(BaseModel):
     max_degenerate_increase: float = 0.05  # …or, where the base already loops more, more than this above the base
     heartbeat_s: float = 15.0
     canary_max_error_rate: float = 0.02  # canary 5xx share above stable's by more than this → roll back
-    canary_early_verdicts: int = 10  # from here a canary far worse than stable rolls back before min verdicts
+    canary_early_verdicts: int = 10  # no judgement-based canary decision before this many verdicts
     canary_poll_s: float = 5.0
     canary_timeout_s: float = 1800.0  # no decision by then → roll back
 
