@@ -179,11 +179,40 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
         after = measure("after", gateway, settings.public_model)  # what users get now, through the gateway
         timeline.mark("done")
         report.update(_summarise(engine, state, before, after, failures, timeline, targets_met))
+        report["seeds"] = {"retrain": settings.retrain.seed, "replay_rounds": list(range(rounds)),
+                           "note": "replay round k shuffles with seed k (canary rounds 100 + k); training, LoRA "
+                                   "init and data order use retrain.seed; generation is greedy"}
     finally:
         engine.dispose()
         stack.stop()
+    ok, reason = demo_result(report)
+    report["result"] = {"ok": ok, "reason": reason}
     _write(settings, report, console)
     return report
+
+
+def demo_result(report: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the demo reached its result (an adapter promoted, every request served) and why not, in one line."""
+    run = report.get("retrain_run") or {}
+    decision = report.get("decision") or {}
+    failed = int(report.get("failed_requests") or 0)
+    if report.get("timeout"):
+        return False, str(report["timeout"])
+    if not run:
+        return False, "no realignment was triggered"
+    if run.get("status") == "failed":
+        error = str((run.get("report") or {}).get("error") or run.get("error") or "see its report")
+        return False, f"retrain run {run.get('id')} failed: {error.splitlines()[0][:300]}"
+    if run.get("outcome") in ("no_checkpoint", "no_gain"):
+        why = (run.get("report") or {}).get("stop_reason") or run["outcome"]
+        return False, f"retrain run {run.get('id')} registered no adapter ({run['outcome']}: {why})"
+    if not decision:
+        return False, f"the canary of {run.get('adapter')} reached no decision"
+    if decision.get("action") != "promote":
+        return False, f"canary {decision.get('adapter')} {decision.get('action')}: {decision.get('reason', '')}"[:400]
+    if failed:
+        return False, f"{failed} requests failed during the demo"
+    return True, f"promoted {decision.get('adapter')}: {decision.get('reason', '')}"[:400]
 
 
 def _canary_pending(state: dict[str, Any]) -> bool:
@@ -235,7 +264,8 @@ def _summarise(engine: Engine, state: dict[str, Any], before: Any, after: Any, f
         "phases": {name: round(t, 1) for name, t, _ in timeline.marks},
         "phase_times": {name: at.isoformat() for name, _, at in timeline.marks},
         "retrain_run": None if run is None else {"id": run.id, "status": run.status, "outcome": run.outcome,
-                                                  "adapter": run.adapter_name, "report": run.report},
+                                                  "adapter": run.adapter_name, "report": run.report,
+                                                  "error": run.error},
         "decision": None if decision is None else {"adapter": decision.adapter, "action": decision.action,
                                                     "figures": decision.figures, "reason": decision.reason},
         "stable_adapter": stable.name if stable else None,
@@ -288,6 +318,8 @@ def register(app: typer.Typer) -> None:
         if port:
             settings.gateway.port = port
         report = run_demo(settings, console)
-        if report.get("failed_requests"):
+        result = report["result"]
+        if not result["ok"]:
+            console.print(f"[red]careloop demo failed:[/] {result['reason']}")
             raise typer.Exit(1)
 

@@ -53,6 +53,9 @@ def print_table(report: dict[str, Any], console: Console) -> None:
                   f"· wall time {report['wall_time_s'] / 60:.1f} min · failed requests {report['failed_requests']}")
     for name, ok in report["targets_after"].items():
         console.print(f"  {'[green]reached[/]' if ok else '[red]not reached[/]'}: {name}")
+    result = report.get("result")
+    if result:
+        console.print(f"result: {'[green]ok[/]' if result['ok'] else '[red]FAILED[/]'} · {result['reason']}")
 
 
 def rolling_series(rows: list[tuple[float, float, int, str]], window: int,

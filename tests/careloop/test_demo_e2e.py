@@ -37,6 +37,8 @@ def tiny_loop(settings: Settings, embedded_model_dir: Path, judges_dir: Path) ->
     rs.max_dpo_candidates, rs.max_traffic_examples = 4, 16
     rs.flat_epsilon, rs.max_degenerate, rs.err_reject = -1.0, 1.0, 1.0  # register whatever one step gives
     rs.canary_steps, rs.canary_min_verdicts, rs.canary_poll_s = [0.5, 1.0], 10, 1.0
+    # One training step barely moves the adapter: a wide margin and a last look at 20 verdicts decide quickly.
+    rs.canary_overall_margin, rs.canary_max_verdicts = 0.5, 20
     settings.monitor.retrain_command = [sys.executable, "-m", "careloop.cli", "retrain", "--run-id", "{run_id}",
                                         "--max-steps", "1"]
     return settings
@@ -65,6 +67,7 @@ def test_demo_closes_the_loop(settings: Settings, embedded_model_dir: Path, dist
     decision = next(e for e in reversed(events) if e.action in ("promote", "rollback"))
     assert decision.adapter == adapter and decision.figures  # the decision carries its figures
     assert report["decision"]["action"] == decision.action
+    assert report["result"]["ok"] == (decision.action == "promote") and report["result"]["reason"]
     # The report has both sides of the before/after comparison and was written out with its plot.
     assert report["before"]["groups"]["harmful"]["n"] > 0 and report["after"]["groups"]["benign"]["n"] > 0
     written = sorted(settings.reports_dir.glob("demo-*.json"))
