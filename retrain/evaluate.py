@@ -7,13 +7,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.judges.base import Judge, JudgeInput
 from monitor.scoring import compute_metrics, safety_score
 from retrain.datasets import PromptItem
 from retrain.generate import chat, generate_many, load_adapter, unload_adapter
 from retrain.quality import is_degenerate
+
+if TYPE_CHECKING:
+    from retrain.train import TeacherForced
 
 
 @dataclass
@@ -113,29 +116,44 @@ async def evaluate_adapter_dir(upstream: str, adapter_dir: Path, items: Sequence
         unload_adapter(upstream, name, api_key=api_key)
 
 
-def _words(text: str, n: int) -> list[str]:
-    return text.split()[:n]
+def _mean_abs(a: Sequence[float], b: Sequence[float]) -> float:
+    diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
+    return sum(diffs) / len(diffs) if diffs else 0.0
 
 
-async def check_vllm_matches_peft(upstream: str, base_model_dir: Path, adapter_dir: Path, prompts: Sequence[str],
-                                  *, max_tokens: int = 16, compare_words: int = 6, min_agree: float = 0.6,
-                                  api_key: str | None = None, threads: int | None = None) -> dict[str, Any]:
-    """Whether vLLM serves the adapter as PEFT computes it: greedy replies must open with the same words.
+def check_vllm_matches_peft(upstream: str, base_model_dir: Path, adapter_dir: Path, prompts: Sequence[str], *,
+                            max_tokens: int = 16, abs_tol: float = 0.1, api_key: str | None = None,
+                            threads: int | None = None) -> dict[str, Any]:
+    """Whether vLLM serves the adapter as PEFT computes it, token by token under teacher forcing.
 
-    A mismatch means vLLM did not apply the adapter (wrong target modules, rank above the server's
-    max_lora_rank, a stale name) and any evaluation through it would be meaningless.
+    PEFT (fp32) writes its greedy continuations; vLLM scores the same tokens in whatever dtype it serves.
+    The served log-probabilities must lie within `abs_tol` nats per token of PEFT's with the adapter, or be
+    clearly nearer to them than to the base model's — a mismatch means vLLM did not apply the adapter
+    (wrong target modules, rank above max_lora_rank, a stale name). Greedy openings are not compared: where
+    replies are near-ties, bf16 numerics flip them without the adapter being served wrongly.
     """
-    from retrain.train import peft_greedy
+    from retrain.generate import served_logprobs
+    from retrain.train import peft_logprobs
 
+    local = peft_logprobs(base_model_dir, adapter_dir, prompts, max_new_tokens=max_tokens, threads=threads)
     name = f"check-{uuid.uuid4().hex[:10]}"
     load_adapter(upstream, name, str(adapter_dir), api_key=api_key)
     try:
-        served = await generate_many(upstream, name, [chat(p) for p in prompts], max_tokens=max_tokens,
-                                     api_key=api_key)
+        served = [served_logprobs(upstream, name, t.prompt_ids, t.continuation_ids, api_key=api_key)
+                  for t in local]
     finally:
         unload_adapter(upstream, name, api_key=api_key)
-    local = peft_greedy(base_model_dir, adapter_dir, prompts, max_new_tokens=max_tokens, threads=threads)
-    agree = [_words(s.text, compare_words) == _words(p, compare_words) for s, p in zip(served, local, strict=True)]
-    share = sum(agree) / len(agree) if agree else 0.0
-    return {"ok": share >= min_agree, "agree": round(share, 3), "n": len(agree),
-            "examples": [{"vllm": s.text[:120], "peft": p[:120]} for s, p in zip(served, local, strict=True)][:3]}
+    return compare_served(served, local, abs_tol)
+
+
+def compare_served(served: Sequence[Sequence[float]], local: Sequence[TeacherForced],
+                   abs_tol: float = 0.1) -> dict[str, Any]:
+    """The check's verdict on served token log-probabilities against PEFT's (see check_vllm_matches_peft)."""
+    s = [x for row in served for x in row]
+    with_adapter = [x for t in local for x in t.with_adapter]
+    base = [x for t in local for x in t.base]
+    to_adapter, to_base = _mean_abs(s, with_adapter), _mean_abs(s, base)
+    ok = to_adapter <= abs_tol or to_adapter < 0.5 * to_base
+    return {"ok": ok, "method": "teacher-forced token log-probabilities", "n": len(local), "tokens": len(s),
+            "served_vs_peft": round(to_adapter, 4), "served_vs_base": round(to_base, 4),
+            "adapter_effect": round(_mean_abs(with_adapter, base), 4), "abs_tol": abs_tol}

@@ -83,6 +83,23 @@ async def generate_many(upstream: str, model: str, conversations: Sequence[list[
     return [r if r is not None else Generated("", None) for r in results]
 
 
+def served_logprobs(upstream: str, model: str, prompt_ids: Sequence[int], continuation_ids: Sequence[int],
+                    api_key: str | None = None, timeout_s: float = 120.0) -> list[float]:
+    """The served model's log-probabilities of `continuation_ids` after `prompt_ids` (teacher forcing)."""
+    ids = [*prompt_ids, *continuation_ids]
+    resp = httpx.post(f"{upstream.rstrip('/')}/v1/completions", headers=_headers(api_key), timeout=timeout_s,
+                      json={"model": model, "prompt": ids, "max_tokens": 1, "temperature": 0.0,
+                            "prompt_logprobs": 0})
+    if resp.status_code >= 400:
+        raise GenerationError(f"prompt logprobs through {model!r} failed: {resp.status_code} {resp.text[:300]}")
+    rows = resp.json()["choices"][0]["prompt_logprobs"]
+    out = []
+    for pos in range(len(prompt_ids), len(ids)):
+        entry = rows[pos] or {}
+        out.append(float(entry[str(ids[pos])]["logprob"]))
+    return out
+
+
 def generate_sync(upstream: str, model: str, conversations: Sequence[list[dict[str, Any]]],
                   **kwargs: Any) -> list[Generated]:
     """`generate_many` for synchronous callers."""

@@ -480,12 +480,12 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
             adapter_dir = Path(dpo.adapter_dir)
             dpo_info = {"steps": dpo.steps, "seconds": round(dpo.seconds, 1), "examples": dpo.examples}
         if report.vllm_peft_check is None:
-            check = asyncio.run(check_vllm_matches_peft(settings.upstream, base_model_dir, adapter_dir,
-                                                        [it.prompt for it in data.validation[:3]],
-                                                        api_key=settings.upstream_api_key,
-                                                        threads=rs.torch_threads or None))
+            check = check_vllm_matches_peft(settings.upstream, base_model_dir, adapter_dir,
+                                            [it.prompt for it in data.validation[:4]],
+                                            api_key=settings.upstream_api_key, threads=rs.torch_threads or None)
             report.vllm_peft_check = check
-            say(f"vLLM vs PEFT greedy agreement: {check['agree']:.0%} of {check['n']}")
+            say(f"vLLM vs PEFT, teacher-forced: {check['served_vs_peft']:.3f} nats/token from PEFT, "
+                f"{check['served_vs_base']:.3f} from the base (adapter effect {check['adapter_effect']:.3f})")
             if not check["ok"]:
                 raise RunError(f"vLLM does not serve the adapter as PEFT computes it: {check}")
         say(f"cycle {cycle}: evaluating on {len(data.validation)} validation prompts")

@@ -191,4 +191,47 @@ def peft_greedy(base_model_dir: Path, adapter_dir: Path | None, prompts: Sequenc
     return out
 
 
+@dataclass(frozen=True)
+class TeacherForced:
+    """A prompt, the adapter's greedy continuation, and its per-token log-probabilities with and without it."""
+
+    prompt_ids: list[int]
+    continuation_ids: list[int]
+    with_adapter: list[float]
+    base: list[float]
+
+
+def peft_logprobs(base_model_dir: Path, adapter_dir: Path, prompts: Sequence[str], max_new_tokens: int = 16,
+                  threads: int | None = None) -> list[TeacherForced]:
+    """Greedy fp32 continuations through PEFT and their token log-probabilities under the adapter and the base:
+    the reference a served model is compared with, token by token."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    set_torch_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+    base: Any = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype="float32")
+    model: Any = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+
+    def token_logprobs(ids: Any, start: int) -> list[float]:
+        logits = model(input_ids=ids).logits[0, start - 1:-1].float()
+        return [float(x) for x in torch.log_softmax(logits, -1).gather(-1, ids[0, start:, None])[:, 0]]
+
+    out: list[TeacherForced] = []
+    for prompt in prompts:
+        enc: Any = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)
+        start = int(enc["input_ids"].shape[1])
+        with torch.no_grad():
+            seq = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.eos_token_id)
+            with_adapter = token_logprobs(seq, start)
+            with model.disable_adapter():
+                plain = token_logprobs(seq, start)
+        ids = [int(t) for t in seq[0]]
+        out.append(TeacherForced(ids[:start], ids[start:], with_adapter, plain))
+    return out
+
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

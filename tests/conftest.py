@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,13 +56,20 @@ def vllm_url(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     if existing:
         yield existing.rstrip("/")
         return
-    from careloop.stack import vllm_command, vllm_env, wait_http
 
     home = tmp_path_factory.mktemp("vllm-home")
-    settings = Settings(home=home, vllm_port=free_port())
+    with serve_vllm(Settings(home=home, vllm_port=free_port()), embedded_model_dir) as url:
+        yield url
+
+
+@contextmanager
+def serve_vllm(settings: Settings, embedded_model_dir: Path) -> Iterator[str]:
+    """A real CPU vLLM server with the embedded model, as `careloop up` starts it, for the block's duration."""
+    from careloop.stack import vllm_command, vllm_env, wait_http
+
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     settings.base_model_dir.symlink_to(embedded_model_dir, target_is_directory=True)
-    log_path = home / "vllm.log"
+    log_path = settings.home / "vllm.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(vllm_command(settings), stdout=log, stderr=subprocess.STDOUT,
                                 env=vllm_env(settings), start_new_session=True)
