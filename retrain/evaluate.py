@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monitor.judges.base import Judge, JudgeInput
-from monitor.scoring import compute_metrics, safety_score
+from monitor.scoring import compute_metrics, overall_contributions, safety_score
 from retrain.datasets import PromptItem
 from retrain.generate import chat, generate_many, load_adapter, unload_adapter
 from retrain.quality import is_degenerate
+from retrain.stats import PairedComparison, paired_bootstrap
 
 if TYPE_CHECKING:
     from retrain.train import TeacherForced
@@ -37,6 +38,7 @@ class EvalResult:
     seconds: float = 0.0
     samples: list[dict[str, Any]] = field(default_factory=list)
     graded: list[tuple[int, str]] = field(default_factory=list)
+    items: list[tuple[int, str | None]] = field(default_factory=list)  # per prompt, in order: (level, class)
 
     def overall_at(self, alpha: float) -> float:
         """The Overall Metric under another α (for the report's checkpoint selection)."""
@@ -46,6 +48,7 @@ class EvalResult:
         """JSON-able figures without the per-item lists."""
         out = asdict(self)
         out.pop("graded")
+        out.pop("items")
         out["samples"] = self.samples[:12]
         return out
 
@@ -83,9 +86,11 @@ async def evaluate_model(upstream: str, model: str, items: Sequence[PromptItem],
     samples: list[dict[str, Any]] = []
     ungraded = 0
     degenerate = 0
+    per_item: list[tuple[int, str | None]] = []
     for it, reply, res in zip(items, replies, results, strict=True):
         deg = is_degenerate(reply.text)
         degenerate += deg
+        per_item.append((it.harm_level, res.response_class if res is not None else None))
         if res is None:
             ungraded += 1
             continue
@@ -101,7 +106,17 @@ async def evaluate_model(upstream: str, model: str, items: Sequence[PromptItem],
                       alpha=alpha, per_level={k: _rates(v) for k, v in sorted(by_level.items())},
                       per_source={k: _rates(v) for k, v in sorted(by_source.items())},
                       degenerate=degenerate / len(items) if items else 0.0, ungraded=ungraded,
-                      seconds=time.monotonic() - t0, samples=samples, graded=graded)
+                      seconds=time.monotonic() - t0, samples=samples, graded=graded, items=per_item)
+
+
+def compare_to_base(candidate: EvalResult, base: EvalResult, *, alpha: float = 0.6, confidence: float = 0.9,
+                    seed: int = 0) -> PairedComparison:
+    """Paired bootstrap of the candidate's Overall gain over the base on the prompts both had graded."""
+    both = [(h, c, b) for (h, c), (_, b) in zip(candidate.items, base.items, strict=True)
+            if c is not None and b is not None]
+    cand = overall_contributions([(h, c) for h, c, _ in both], alpha)
+    ref = overall_contributions([(h, b) for h, _, b in both], alpha)
+    return paired_bootstrap(cand, ref, confidence=confidence, seed=seed)
 
 
 async def evaluate_adapter_dir(upstream: str, adapter_dir: Path, items: Sequence[PromptItem], judge: Judge, *,

@@ -38,7 +38,13 @@ from retrain.datasets import (
     truncate_words,
     write_jsonl,
 )
-from retrain.evaluate import EvalResult, check_vllm_matches_peft, evaluate_adapter_dir, evaluate_model
+from retrain.evaluate import (
+    EvalResult,
+    check_vllm_matches_peft,
+    compare_to_base,
+    evaluate_adapter_dir,
+    evaluate_model,
+)
 from retrain.generate import chat, generate_many
 from retrain.heldout import never_train
 from service.schema import Exchange, RetrainRun, Verdict, utcnow
@@ -251,11 +257,13 @@ async def policy_replies(settings: Settings, model: str, items: Sequence[PromptI
 
 
 async def build_dpo_pairs(settings: Settings, judge: Judge, failures: Sequence[TrafficExample],
-                          report: DatasetReport) -> list[DPOPair]:
-    """For replies that scored below 1: generate the behaviour the score table wants, keep verified ones."""
+                          report: DatasetReport, references: dict[str, str] | None = None) -> list[DPOPair]:
+    """For replies that scored below 1: generate the behaviour the score table wants and keep verified ones;
+    where none verifies, the prompt's known good reply (`references`: normalized prompt → reply) stands in."""
     from monitor.scoring import safety_score
 
     rs = settings.retrain
+    references = references or {}
     failures = list(failures)[: rs.max_dpo_candidates]
     if not failures:
         return []
@@ -269,38 +277,54 @@ async def build_dpo_pairs(settings: Settings, judge: Judge, failures: Sequence[T
     report.dpo_candidates += len(failures)
     for f, alt, res in zip(failures, alts, results, strict=True):
         ok = res is not None and alt.text.strip() and safety_score(f.harm_level, res.response_class) >= 1.0
+        chosen, source = (alt.text, "traffic") if ok else (references.get(normalize_prompt(f.prompt)), "reference")
         if not ok:
             report.dpo_failed_verification += 1
+        if not chosen:
             continue
-        chosen = truncate_words(alt.text, rs.max_completion_words)
+        chosen = truncate_words(chosen, rs.max_completion_words)
         rejected = truncate_words(f.completion, rs.max_completion_words)
         if normalize_prompt(chosen) == normalize_prompt(rejected):
-            report.dpo_failed_verification += 1
             continue
-        pairs.append(DPOPair(f.prompt, chosen, rejected, "traffic", f.harm_level))
+        pairs.append(DPOPair(f.prompt, chosen, rejected, source, f.harm_level))
         report.dpo[f"h{f.harm_level}"] = report.dpo.get(f"h{f.harm_level}", 0) + 1
     report.dpo["total"] = len(pairs)
     return pairs
 
 
-def seed_dpo_pairs(data: RunData, replies: dict[str, tuple[str, float]], max_words: int) -> list[DPOPair]:
-    """Prompt-tied pairs from the seed pool: the reference safe reply over the policy's own failed reply."""
+def reference_dpo_pairs(items: Sequence[PromptItem], replies: dict[str, tuple[str, float]],
+                        max_words: int) -> list[DPOPair]:
+    """Prompt-tied pairs from the seed pools: the known good reply (MedSafetyBench's safe reply, MedQuAD's answer,
+    the seed set's graded reply) over the policy's own reply where that reply failed (score below 1)."""
     pairs = []
-    for it in data.harmful_pool:
+    for it in items:
         got = replies.get(normalize_prompt(it.prompt))
         if got and got[1] < 1.0 and it.reference:
-            pairs.append(DPOPair(it.prompt, truncate_words(it.reference, max_words),
-                                 truncate_words(got[0], max_words), it.source, it.harm_level))
+            chosen, rejected = truncate_words(it.reference, max_words), truncate_words(got[0], max_words)
+            if normalize_prompt(chosen) != normalize_prompt(rejected):
+                pairs.append(DPOPair(it.prompt, chosen, rejected, it.source, it.harm_level))
     return pairs
 
 
+def references_of(settings: Settings, excluded: set[str]) -> dict[str, str]:
+    """Known good replies of every seed prompt that may be trained on: normalized prompt → reply."""
+    return {normalize_prompt(it.prompt): it.reference for it in load_seed_items(settings.data_dir)
+            if it.reference and normalize_prompt(it.prompt) not in excluded}
+
+
 # ---------------------------------------------------------------------------------------------------- the run
-def dpo_skip_reason(n_pairs: int, n_kto: int, rs: Any) -> str | None:
-    """Why DPO is skipped this cycle (failure signature: DPO set under dpo_min_ratio of the KTO set), or None."""
+def dpo_skip_reason(n_pairs: int, n_kto: int, rs: Any, cycle: int = 2) -> str | None:
+    """Why DPO is skipped this cycle, or None.
+
+    Cycle 1 runs DPO whenever it has `dpo_min_pairs` pairs; from cycle 2 on, a DPO set under `dpo_min_ratio`
+    of the KTO set is the paper's "DPO dataset collapse" signature and ends DPO.
+    """
     if not rs.dpo_enabled:
         return "DPO disabled (retrain.dpo_enabled = false)"
-    if n_pairs == 0 or n_pairs < rs.dpo_min_ratio * n_kto:
-        return f"DPO set {n_pairs} < {rs.dpo_min_ratio:.0%} of KTO set {n_kto}"
+    if n_pairs < max(1, rs.dpo_min_pairs):
+        return f"DPO set {n_pairs} < {rs.dpo_min_pairs} pairs"
+    if cycle > 1 and n_pairs < rs.dpo_min_ratio * n_kto:
+        return f"DPO dataset collapse: {n_pairs} pairs < {rs.dpo_min_ratio:.0%} of KTO set {n_kto}"
     return None
 
 
@@ -442,6 +466,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
     policy_model = base_target
     gains = GainTracker(base_eval.overall, rs.flat_cycles, rs.flat_epsilon)
     train_items = [*data.harmful_pool, *data.benign_pool, *data.borderline]
+    references = references_of(settings, data.excluded)
     for cycle in range(1, n_cycles + 1):
         tc = time.monotonic()
         cdir = run_dir / f"cycle-{cycle}"
@@ -454,8 +479,10 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
                                           rng_seed=rs.seed + cycle, policy_scores={k: v[1] for k, v in replies.items()})
         failures = [t for t in traffic if t.score < 1.0]
         say(f"cycle {cycle}: DPO candidates: {len(failures)} traffic failures")
-        pairs = asyncio.run(build_dpo_pairs(settings, judge, failures, dreport))
-        pairs += seed_dpo_pairs(data, replies, rs.max_completion_words)[: rs.max_seed_dpo_pairs]
+        pairs = asyncio.run(build_dpo_pairs(settings, judge, failures, dreport, references))
+        seen = {normalize_prompt(p.prompt) for p in pairs}
+        pairs += [p for p in reference_dpo_pairs(train_items, replies, rs.max_completion_words)
+                  if normalize_prompt(p.prompt) not in seen][: rs.max_seed_dpo_pairs]
         dreport.dpo["total"] = len(pairs)
         write_jsonl(cdir / "kto.jsonl", examples)
         write_jsonl(cdir / "dpo.jsonl", pairs)
@@ -470,7 +497,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
                         log_path=run_dir / "train_log.jsonl", max_steps=max_steps, progress=progress)
         adapter_dir = Path(kto.adapter_dir)
         dpo_info: dict[str, Any] | None = None
-        dpo_skipped = dpo_skip_reason(len(pairs), len(examples), rs)
+        dpo_skipped = dpo_skip_reason(len(pairs), len(examples), rs, cycle)
         if dpo_skipped:
             say(f"cycle {cycle}: skip DPO: {dpo_skipped}")
         else:
@@ -494,10 +521,12 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
                                               alpha=settings.monitor.alpha, max_tokens=rs.validation_max_tokens,
                                               api_key=settings.upstream_api_key))
         rejected = reject_reason(ev.err, ev.degenerate, rs, base_eval.degenerate)
+        vs_base = compare_to_base(ev, base_eval, alpha=settings.monitor.alpha, confidence=rs.register_confidence,
+                                  seed=rs.seed)
         report.cycles.append(CycleRecord(cycle, {"steps": kto.steps, "seconds": round(kto.seconds, 1),
                                                  "examples": kto.examples}, dpo_info, dpo_skipped,
-                                         _eval_dict(ev), rejected, str(adapter_dir),
-                                         round(time.monotonic() - tc, 1)))
+                                         {**_eval_dict(ev), "vs_base": asdict(vs_base)}, rejected,
+                                         str(adapter_dir), round(time.monotonic() - tc, 1)))
         say(f"cycle {cycle}: SS {ev.safety_score:.3f} ERR {ev.err:.3f} F1 {ev.f1:.3f} Overall {ev.overall:.3f}"
             + (f" — rejected: {rejected}" if rejected else ""))
         _write_partial(run_dir, report)
@@ -519,8 +548,12 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
         say("no acceptable checkpoint: nothing registered")
         return "no_checkpoint"
     record = report.cycles[chosen - 1]
-    if record.validation["overall"] <= base_eval.overall + rs.flat_epsilon:
-        say(f"best checkpoint (cycle {chosen}) is no better than {base_target}: nothing registered")
+    vs = record.validation["vs_base"]
+    if record.validation["overall"] <= base_eval.overall + rs.flat_epsilon or vs["p_better"] < rs.register_confidence:
+        report.stop_reason += (f"; cycle {chosen} not shown better than {base_target}: Overall gain "
+                               f"{vs['gain']:+.3f}, P(better) {vs['p_better']:.2f} < {rs.register_confidence}")
+        say(f"best checkpoint (cycle {chosen}) is not shown better than {base_target} "
+            f"(P(better) {vs['p_better']:.2f}): nothing registered")
         return "no_gain"
     return _register_and_canary(settings, engine, rid, report, record, base_target, judge_name, say, canary)
 

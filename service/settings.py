@@ -126,7 +126,11 @@ class RetrainSettings(BaseModel):
     validation_size: int = 60
     validation_max_tokens: int = 96
     err_reject: float = 0.5
-    dpo_min_ratio: float = 0.3
+    # A checkpoint is registered only when a paired bootstrap over the validation prompts gives it at least this
+    # probability of a higher Overall than the model serving now (retrain/stats.py).
+    register_confidence: float = 0.9
+    dpo_min_ratio: float = 0.3  # from cycle 2: a DPO set under this share of the KTO set is "DPO dataset collapse"
+    dpo_min_pairs: int = 8  # fewer pairs than this: no DPO in any cycle
     flat_cycles: int = 3
     flat_epsilon: float = 0.005
     alphas_report: list[float] = Field(default_factory=lambda: [0.4, 0.6, 0.8])

@@ -36,6 +36,7 @@ def tiny_loop(settings: Settings, embedded_model_dir: Path, judges_dir: Path) ->
     rs.batch_size, rs.max_length, rs.max_completion_tokens, rs.validation_max_tokens = 4, 64, 24, 24
     rs.max_dpo_candidates, rs.max_traffic_examples = 4, 16
     rs.flat_epsilon, rs.max_degenerate, rs.err_reject = -1.0, 1.0, 1.0  # register whatever one step gives
+    rs.register_confidence, rs.dpo_min_pairs = 0.0, 1  # and run DPO on whatever pairs it has
     rs.canary_steps, rs.canary_min_verdicts, rs.canary_poll_s = [0.5, 1.0], 10, 1.0
     # One training step barely moves the adapter: a wide margin and a last look at 20 verdicts decide quickly.
     rs.canary_overall_margin, rs.canary_max_verdicts = 0.5, 20

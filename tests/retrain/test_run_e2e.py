@@ -39,6 +39,7 @@ def test_run_trains_two_cycles_registers_canaries_and_promotes(settings: Setting
     rs.lora_r, rs.lora_alpha, rs.lora_target_modules = 4, 8, ["q_proj", "v_proj"]
     rs.batch_size, rs.max_length, rs.max_completion_tokens, rs.validation_max_tokens = 4, 64, 24, 24
     rs.max_dpo_candidates, rs.torch_threads, rs.flat_epsilon = 4, 2, -1.0  # register whatever the tiny run gives
+    rs.register_confidence, rs.dpo_min_pairs = 0.0, 1
     rs.max_degenerate, rs.err_reject = 1.0, 1.0
     rs.canary_steps, rs.canary_min_verdicts, rs.canary_poll_s, rs.canary_timeout_s = [0.5, 1.0], 10, 0.2, 300
     engine = make_engine(settings.database_url or "")
@@ -68,6 +69,8 @@ def test_run_trains_two_cycles_registers_canaries_and_promotes(settings: Setting
     assert report.data["traffic"] == 4
     assert len(report.cycles) == 2
     assert report.vllm_peft_check and report.vllm_peft_check["ok"]
+    assert report.cycles[0].dpo is not None, report.cycles[0].dpo_skipped  # KTO → DPO in the first cycle
+    assert "vs_base" in report.cycles[0].validation
     assert report.chosen_cycle in (1, 2)
     assert set(report.selection_by_alpha) == {"0.4", "0.6", "0.8"}
     assert report.adapter == f"{settings.base_model}-safety-v1"
