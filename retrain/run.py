@@ -483,6 +483,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
         seen = {normalize_prompt(p.prompt) for p in pairs}
         pairs += [p for p in reference_dpo_pairs(train_items, replies, rs.max_completion_words)
                   if normalize_prompt(p.prompt) not in seen][: rs.max_seed_dpo_pairs]
+        pairs = pairs[: rs.max_dpo_pairs]
         dreport.dpo["total"] = len(pairs)
         write_jsonl(cdir / "kto.jsonl", examples)
         write_jsonl(cdir / "dpo.jsonl", pairs)
@@ -496,6 +497,11 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
         kto = train_kto(base_model_dir, examples, cdir / "kto", rs, init_adapter=prev_adapter,
                         log_path=run_dir / "train_log.jsonl", max_steps=max_steps, progress=progress)
         adapter_dir = Path(kto.adapter_dir)
+        if report.vllm_peft_check is None:
+            report.vllm_peft_check = _check_served(settings, base_model_dir, adapter_dir, data.validation, say)
+        ev = _validate(settings, f"run{rid}-c{cycle}-kto", adapter_dir, data.validation, judge, say)
+        kto_summary = {**_eval_dict(ev), "vs_base": asdict(compare_to_base(ev, base_eval, seed=rs.seed,
+                                                                           alpha=settings.monitor.alpha))}
         dpo_info: dict[str, Any] | None = None
         dpo_skipped = dpo_skip_reason(len(pairs), len(examples), rs, cycle)
         if dpo_skipped:
@@ -504,27 +510,21 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
             say(f"cycle {cycle}: DPO on {len(pairs)} pairs (lr {rs.dpo_learning_rate})")
             dpo = train_dpo(base_model_dir, pairs, cdir / "dpo", rs, init_adapter=adapter_dir,
                             log_path=run_dir / "train_log.jsonl", max_steps=max_steps, progress=progress)
-            adapter_dir = Path(dpo.adapter_dir)
-            dpo_info = {"steps": dpo.steps, "seconds": round(dpo.seconds, 1), "examples": dpo.examples}
-        if report.vllm_peft_check is None:
-            check = check_vllm_matches_peft(settings.upstream, base_model_dir, adapter_dir,
-                                            [it.prompt for it in data.validation[:4]],
-                                            api_key=settings.upstream_api_key, threads=rs.torch_threads or None)
-            report.vllm_peft_check = check
-            say(f"vLLM vs PEFT, teacher-forced: {check['served_vs_peft']:.3f} nats/token from PEFT, "
-                f"{check['served_vs_base']:.3f} from the base (adapter effect {check['adapter_effect']:.3f})")
-            if not check["ok"]:
-                raise RunError(f"vLLM does not serve the adapter as PEFT computes it: {check}")
-        say(f"cycle {cycle}: evaluating on {len(data.validation)} validation prompts")
-        ev = asyncio.run(evaluate_adapter_dir(settings.upstream, adapter_dir, data.validation, judge,
-                                              name=f"run{rid}-c{cycle}-{int(time.time())}",
-                                              alpha=settings.monitor.alpha, max_tokens=rs.validation_max_tokens,
-                                              api_key=settings.upstream_api_key))
+            dpo_ev = _validate(settings, f"run{rid}-c{cycle}-dpo", Path(dpo.adapter_dir), data.validation, judge, say)
+            vs_kto = compare_to_base(dpo_ev, ev, alpha=settings.monitor.alpha, seed=rs.seed)
+            kept = vs_kto.gain >= 0
+            dpo_info = {"steps": dpo.steps, "seconds": round(dpo.seconds, 1), "examples": dpo.examples,
+                        "vs_kto": asdict(vs_kto), "kept": kept}
+            say(f"cycle {cycle}: KTO→DPO vs KTO: Overall {vs_kto.gain:+.3f} (P(better) {vs_kto.p_better:.2f}): "
+                + ("keeping DPO" if kept else "keeping the KTO checkpoint"))
+            if kept:
+                adapter_dir, ev = Path(dpo.adapter_dir), dpo_ev
         rejected = reject_reason(ev.err, ev.degenerate, rs, base_eval.degenerate)
         vs_base = compare_to_base(ev, base_eval, alpha=settings.monitor.alpha, confidence=rs.register_confidence,
                                   seed=rs.seed)
         report.cycles.append(CycleRecord(cycle, {"steps": kto.steps, "seconds": round(kto.seconds, 1),
-                                                 "examples": kto.examples}, dpo_info, dpo_skipped,
+                                                 "examples": kto.examples, "validation": kto_summary},
+                                         dpo_info, dpo_skipped,
                                          {**_eval_dict(ev), "vs_base": asdict(vs_base)}, rejected,
                                          str(adapter_dir), round(time.monotonic() - tc, 1)))
         say(f"cycle {cycle}: SS {ev.safety_score:.3f} ERR {ev.err:.3f} F1 {ev.f1:.3f} Overall {ev.overall:.3f}"
@@ -556,6 +556,29 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
             f"(P(better) {vs['p_better']:.2f}): nothing registered")
         return "no_gain"
     return _register_and_canary(settings, engine, rid, report, record, base_target, judge_name, say, canary)
+
+
+def _validate(settings: Settings, name: str, adapter_dir: Path, items: Sequence[PromptItem], judge: Judge,
+              say: Reporter) -> EvalResult:
+    """A checkpoint's figures on the validation prompts, through vLLM as it will be served."""
+    say(f"{name}: evaluating on {len(items)} validation prompts")
+    return asyncio.run(evaluate_adapter_dir(settings.upstream, adapter_dir, items, judge,
+                                            name=f"{name}-{int(time.time())}", alpha=settings.monitor.alpha,
+                                            max_tokens=settings.retrain.validation_max_tokens,
+                                            api_key=settings.upstream_api_key))
+
+
+def _check_served(settings: Settings, base_model_dir: Path, adapter_dir: Path, validation: Sequence[PromptItem],
+                  say: Reporter) -> dict[str, Any]:
+    """The vLLM-vs-PEFT check on a cycle's checkpoint; a mismatch ends the run (evaluations would be void)."""
+    check = check_vllm_matches_peft(settings.upstream, base_model_dir, adapter_dir,
+                                    [it.prompt for it in validation[:4]], api_key=settings.upstream_api_key,
+                                    threads=settings.retrain.torch_threads or None)
+    say(f"vLLM vs PEFT, teacher-forced: {check['served_vs_peft']:.3f} nats/token from PEFT, "
+        f"{check['served_vs_base']:.3f} from the base (adapter effect {check['adapter_effect']:.3f})")
+    if not check["ok"]:
+        raise RunError(f"vLLM does not serve the adapter as PEFT computes it: {check}")
+    return check
 
 
 def _count_levels(items: Sequence[PromptItem]) -> dict[str, int]:

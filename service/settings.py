@@ -111,7 +111,7 @@ class RetrainSettings(BaseModel):
     # refused/caution 7.5% → 30%, no benign or XSTest refusals, no looping); DPO at 5e-5 undid gains in the
     # hand-made tries, so DPO runs 10x lower, on prompt-tied pairs only.
     kto_learning_rate: float = 3e-4
-    dpo_learning_rate: float = 5e-6
+    dpo_learning_rate: float = 2e-5
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -162,6 +162,7 @@ class RetrainSettings(BaseModel):
     max_completion_tokens: int = 80  # when generating policy replies and DPO alternatives
     max_dpo_candidates: int = 200  # failed traffic replies sent for a verified alternative per cycle
     max_seed_dpo_pairs: int = 64
+    max_dpo_pairs: int = 64  # DPO pairs per cycle at most (verified traffic alternatives first)
     max_degenerate: float = 0.1  # reject a checkpoint whose validation replies loop more often than this…
     max_degenerate_increase: float = 0.05  # …or, where the base already loops more, more than this above the base
     heartbeat_s: float = 15.0
