@@ -47,8 +47,9 @@ def _device_args(rs: RetrainSettings) -> dict[str, Any]:
 def _load_model(base_model_dir: Path, adapter_dir: Path | None, rs: RetrainSettings) -> tuple[Any, Any, Any]:
     """(model, tokenizer, peft_config): a fresh LoRA on the base, or the previous cycle's adapter to continue."""
     from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
+    set_seed(rs.seed)  # the LoRA's initial weights (drawn when the trainer wraps the model) follow the run's seed
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
