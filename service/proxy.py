@@ -20,6 +20,7 @@ import orjson
 
 from service.asgi import Receive, Scope, Send, read_body
 from service.errors import GatewayError, bad_request, not_found, send_error, upstream_error
+from service.request_id import RequestIds, request_ids
 from service.routing import choose
 from service.traffic_log import Record
 
@@ -134,9 +135,8 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     t0 = time.perf_counter()
     created = time.time()
     exchange_id = new_exchange_id()
-    id_header = [(b"x-careloop-exchange-id", exchange_id.encode())]
     settings = gw.settings
-    length = user_header = session_header = None
+    length = user_header = session_header = rid_header = traceparent = None
     for name, value in scope["headers"]:  # one pass over the headers the gateway reads
         if name == b"content-length":
             length = value.decode("latin-1")
@@ -144,16 +144,22 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
             user_header = value.decode("utf-8", "replace")
         elif name == b"x-session-id":
             session_header = value.decode("utf-8", "replace")
+        elif name == b"x-request-id":
+            rid_header = value.decode("latin-1")
+        elif name == b"traceparent":
+            traceparent = value.decode("latin-1")
+    ids = request_ids(exchange_id, rid_header, traceparent)
+    id_header = [(b"x-careloop-exchange-id", exchange_id.encode()), *ids.response_headers()]
     if length is not None and length.isdigit() and int(length) > settings.gateway.max_body_bytes:
         await _reject(gw, send, GatewayError(413, f"request body over {settings.gateway.max_body_bytes} bytes",
                                              "invalid_request_error", "request_too_large"), id_header,
-                      exchange_id, created, t0)
+                      exchange_id, created, t0, ids=ids)
         return
     body = await read_body(receive, settings.gateway.max_body_bytes)
     if body is None:
         await _reject(gw, send, GatewayError(413, f"request body over {settings.gateway.max_body_bytes} bytes",
                                              "invalid_request_error", "request_too_large"), id_header,
-                      exchange_id, created, t0)
+                      exchange_id, created, t0, ids=ids)
         return
     req: dict[str, Any] = {}
     try:
@@ -166,7 +172,7 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
             raise upstream_error(503, "the gateway has not reached vLLM yet; retry shortly",
                                  "upstream_unavailable")
     except GatewayError as exc:
-        await _reject(gw, send, exc, id_header, exchange_id, created, t0, req)
+        await _reject(gw, send, exc, id_header, exchange_id, created, t0, req, ids=ids)
         return
 
     user_id = req.get("user") or user_header or session_header
@@ -197,7 +203,7 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
             t_up = time.perf_counter()
             try:
                 resp = await session.post(url + "/v1/chat/completions", data=payload,
-                                          headers=gw.upstreams.headers)
+                                          headers=ids.upstream_headers(gw.upstreams.headers))
                 upstream_wait += time.perf_counter() - t_up
                 break
             except aiohttp.ClientConnectorError as exc:  # never reached this replica: try the next one
@@ -280,7 +286,8 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     metrics.count_request(choice.target, status)
     log = gw.traffic_log
     log.submit(Record(exchange_id, created, public_model, choice.target, choice.role, choice.user_key,
-                      req, response, status, stream, sampled, total * 1000.0, error))
+                      req, response, status, stream, sampled, total * 1000.0, error, ids.request_id,
+                      ids.trace_id))
     if log.depth > log.high_water:
         await log.wait_for_room()
 
@@ -297,7 +304,7 @@ async def _fail_late(send: Send, started: bool, exc: GatewayError, headers: list
 
 async def _reject(gw: Gateway, send: Send, exc: GatewayError, headers: list[tuple[bytes, bytes]],
                   exchange_id: str | None = None, created: float = 0.0, t0: float = 0.0,
-                  req: dict[str, Any] | None = None) -> None:
+                  req: dict[str, Any] | None = None, ids: RequestIds | None = None) -> None:
     """Answer a request the gateway refuses before proxying; counted, and logged when it got that far."""
     gw.metrics.count_request("none", exc.status)
     await send_error(send, exc, headers)
@@ -308,4 +315,5 @@ async def _reject(gw: Gateway, send: Send, exc: GatewayError, headers: list[tupl
         gw.traffic_log.submit(Record(
             exchange_id, created, model[:128] if isinstance(model, str) else gw.settings.public_model,
             "none", "stable", None, req, None, exc.status, stream is True, False,
-            (time.perf_counter() - t0) * 1000.0, exc.message))
+            (time.perf_counter() - t0) * 1000.0, exc.message, ids.request_id if ids else None,
+            ids.trace_id if ids else None))

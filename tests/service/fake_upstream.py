@@ -20,6 +20,7 @@ class FakeUpstream:
     chunks: list[str] = field(default_factory=lambda: ["Hello", " there", "."])
     release: asyncio.Event | None = None  # when set, a stream waits for it after its first content chunk
     requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # the headers of each chat request
     admin_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     loaded: set[str] = field(default_factory=set)
     refuse_loads: set[str] = field(default_factory=set)  # adapter names this replica fails to load
@@ -74,6 +75,7 @@ class FakeUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         req = orjson.loads(await request.read())
         self.requests.append(req)
+        self.headers.append(dict(request.headers))
         model = req["model"]
         if model != self.base_model and model not in self.loaded:
             return web.json_response({"error": {"message": f"model {model} not found", "type": "NotFound",

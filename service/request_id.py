@@ -1,0 +1,67 @@
+"""Request ids and W3C trace context: accept the client's `X-Request-ID` and `traceparent`, or make them.
+
+A request id the client sends is kept when it is a plain token (up to 128 characters of letters, digits and
+`-._:`); anything else is replaced, so a stored or echoed id can never carry markup, newlines or a payload.
+The gateway takes part in the trace: it keeps the client's trace id (or makes one: the exchange id, which is
+already 32 random-enough hex digits) and sends vLLM a `traceparent` naming its own span as the parent.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+_rand_bits = random.Random().getrandbits  # ids must be unique, not secret (no syscall per request)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+
+@dataclass(frozen=True, slots=True)
+class RequestIds:
+    """The ids of one request: what is stored, forwarded to vLLM and returned to the client."""
+
+    request_id: str
+    trace_id: str  # 32 hex
+    span_id: str  # 16 hex: the gateway's own span, the parent of vLLM's work
+    sampled: bool
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C `traceparent` the gateway sends upstream and returns to the client."""
+        return f"00-{self.trace_id}-{self.span_id}-{'01' if self.sampled else '00'}"
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers every response to this request carries."""
+        return [(b"x-request-id", self.request_id.encode()), (b"traceparent", self.traceparent.encode())]
+
+    def upstream_headers(self, base: dict[str, str]) -> dict[str, str]:
+        """`base` plus the request id and trace context, for the request to vLLM."""
+        return {**base, "X-Request-ID": self.request_id, "traceparent": self.traceparent}
+
+
+def parse_traceparent(value: str | None) -> tuple[str, bool] | None:
+    """(trace id, sampled) of a valid version-00-compatible `traceparent`, else None."""
+    if not value:
+        return None
+    m = _TRACEPARENT.fullmatch(value.strip().lower()[:55])
+    if m is None or m.group(1) == "ff" or m.group(2) == _ZERO_TRACE or m.group(3) == _ZERO_SPAN:
+        return None
+    return m.group(2), bool(int(m.group(4), 16) & 1)
+
+
+def new_span_id() -> str:
+    """16 hex digits, never all zero."""
+    return f"{_rand_bits(64) or 1:016x}"
+
+
+def request_ids(exchange_id: str, request_id: str | None, traceparent: str | None) -> RequestIds:
+    """The ids for a request, from the client's headers where they are valid, else made from the exchange id."""
+    rid = request_id.strip() if request_id else ""
+    if not _REQUEST_ID.fullmatch(rid):
+        rid = exchange_id
+    parent = parse_traceparent(traceparent)
+    trace_id, sampled = parent if parent is not None else (exchange_id, True)
+    return RequestIds(rid, trace_id, new_span_id(), sampled)
