@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from service import admin
 from service.asgi import Receive, Scope, Send, send_bytes
 from service.errors import GatewayError, not_found, send_error
+from service.failover import Breakers
 from service.metrics import GatewayMetrics
 from service.proxy import Upstreams, chat_completions
 from service.routing import Routes
@@ -45,8 +46,10 @@ class Gateway:
         self.engine = engine or make_engine(settings.database_url or "", json_serializer=_json_text)
         self.metrics = GatewayMetrics()
         g = settings.gateway
+        f = settings.failover
+        breakers = Breakers(settings.upstreams, f.breaker_failures, f.breaker_open_s, self.metrics.set_replica_up)
         self.upstreams = Upstreams(settings.upstreams, g.connect_timeout_s, g.read_timeout_s, g.pool_size,
-                                   settings.upstream_api_key)
+                                   settings.upstream_api_key, breakers)
         self.sampler = Sampler(settings.sample_rate, settings.canary_sample_rate)
         self.traffic_log = TrafficLog(self.engine, settings.spool_dir, self.metrics, g.log_queue_size,
                                       g.log_batch_size, g.log_flush_interval_s)
@@ -158,6 +161,8 @@ class Gateway:
                 self.last_reconcile_error = str(exc)
                 raise
             self.upstreams.healthy = list(routes.replicas)
+            for url in self.upstreams.urls:
+                self.upstreams.breakers.probed(url, url in routes.replicas)
             if routes != self.routes:
                 log.info("routes: stable=%s canary=%s (%.0f%%)", routes.stable, routes.canary,
                          routes.canary_fraction * 100)
@@ -210,8 +215,10 @@ class Gateway:
     async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Ready when routes are known and at least one replica answers its health check now."""
         reachable = await self.probe_upstreams()
-        ok = self.routes.known and any(reachable.values())
+        breakers = self.upstreams.breakers
+        ok = self.routes.known and any(up and breakers.up(url) for url, up in reachable.items())
         body = {"ready": ok, "routes_known": self.routes.known, "upstreams": reachable,
+                "breakers_closed": {url: breakers.up(url) for url in reachable},
                 "stable": self.routes.stable, "canary": self.routes.canary,
                 "store_ok": self.traffic_log.store_ok}
         await send_bytes(send, 200 if ok else 503, orjson.dumps(body))

@@ -41,6 +41,10 @@ class GatewayMetrics:
                                   ["adapter", "role"], registry=r)
         self.canary_fraction = Gauge("careloop_canary_traffic_fraction",
                                      "Share of users routed to the canary (0 when none is live).", registry=r)
+        # Operations (issue 23).
+        self.replica_up = Gauge("careloop_upstream_replica_up",
+                                "1 while a vLLM replica's circuit breaker is closed, 0 while it is open.",
+                                ["replica"], registry=r)
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._upstream_children: dict[str, Histogram] = {}
 
@@ -65,6 +69,10 @@ class GatewayMetrics:
         for name, role in targets:
             self.adapter_info.labels(name, role).set(1)
         self.canary_fraction.set(canary_fraction)
+
+    def set_replica_up(self, url: str, up: bool) -> None:
+        """Publish a replica's breaker state (labelled host:port)."""
+        self.replica_up.labels(url.split("://", 1)[-1]).set(1 if up else 0)
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

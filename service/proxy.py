@@ -20,6 +20,7 @@ import orjson
 
 from service.asgi import Receive, Scope, Send, read_body
 from service.errors import GatewayError, bad_request, not_found, send_error, upstream_error
+from service.failover import Breakers
 from service.request_id import RequestIds, request_ids
 from service.routing import choose
 from service.traffic_log import Record
@@ -37,8 +38,9 @@ class Upstreams:
     """The shared aiohttp client and the vLLM replicas it balances over (round robin over serving ones)."""
 
     def __init__(self, urls: list[str], connect_timeout_s: float, read_timeout_s: float, pool_size: int,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, breakers: Breakers | None = None) -> None:
         self.urls = [u.rstrip("/") for u in urls]
+        self.breakers = breakers or Breakers(self.urls)
         self.healthy = list(self.urls)
         self._rr = itertools.count()
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s,
@@ -70,7 +72,7 @@ class Upstreams:
         if len(pool) == 1:
             return pool
         i = next(self._rr) % len(pool)
-        return pool[i:] + pool[:i]
+        return self.breakers.pick(pool[i:] + pool[:i])
 
 
 def new_exchange_id() -> str:
@@ -197,20 +199,8 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     assert session is not None
     started = False
     try:
-        resp = None
-        last_exc: BaseException | None = None
-        for url in gw.upstreams.order():
-            t_up = time.perf_counter()
-            try:
-                resp = await session.post(url + "/v1/chat/completions", data=payload,
-                                          headers=ids.upstream_headers(gw.upstreams.headers))
-                upstream_wait += time.perf_counter() - t_up
-                break
-            except aiohttp.ClientConnectorError as exc:  # never reached this replica: try the next one
-                upstream_wait += time.perf_counter() - t_up
-                last_exc = exc
-        if resp is None:
-            raise upstream_error(503, f"vLLM is unreachable: {last_exc}", "upstream_unavailable")
+        resp, wait = await send_upstream(gw, session, payload, ids.upstream_headers(gw.upstreams.headers))
+        upstream_wait += wait
         try:
             status = resp.status
             ctype = resp.headers.get("Content-Type", "application/json").encode("latin-1")
@@ -290,6 +280,42 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
                       ids.trace_id))
     if log.depth > log.high_water:
         await log.wait_for_room()
+
+
+async def send_upstream(gw: Gateway, session: aiohttp.ClientSession, payload: bytes,
+                        headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, float]:
+    """POST to the first replica that answers, and the time spent waiting; failover happens only here.
+
+    Nothing has gone to the client yet, so a replica whose connection fails (refused, reset, closed before a
+    response) or that answers 503 is retried on the next one; its breaker counts the failure. A read timeout
+    is not retried (the replica may be busy generating). The last replica's 503 is passed through.
+    """
+    breakers = gw.upstreams.breakers
+    order = gw.upstreams.order()
+    last_exc: BaseException | None = None
+    wait = 0.0
+    for i, url in enumerate(order):
+        t_up = time.perf_counter()
+        try:
+            resp = await session.post(url + "/v1/chat/completions", data=payload, headers=headers)
+        except (aiohttp.ServerTimeoutError, TimeoutError):
+            raise
+        except aiohttp.ClientError as exc:  # no response from this replica: try the next one
+            wait += time.perf_counter() - t_up
+            breakers.failure(url)
+            last_exc = exc
+            continue
+        wait += time.perf_counter() - t_up
+        if resp.status == 503 and i + 1 < len(order):
+            breakers.failure(url)
+            resp.release()
+            continue
+        if resp.status == 503:
+            breakers.failure(url)
+        else:
+            breakers.success(url)
+        return resp, wait
+    raise upstream_error(503, f"vLLM is unreachable: {type(last_exc).__name__}", "upstream_unavailable")
 
 
 async def _fail_late(send: Send, started: bool, exc: GatewayError, headers: list[tuple[bytes, bytes]]) -> None:
