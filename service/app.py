@@ -22,8 +22,10 @@ from service import admin
 from service.asgi import Receive, Scope, Send, send_bytes
 from service.errors import GatewayError, not_found, send_error
 from service.failover import Breakers
+from service.keys import KeyRing, keys_required, startup_message
 from service.metrics import GatewayMetrics
 from service.proxy import Upstreams, chat_completions
+from service.ratelimit import RateLimiter
 from service.routing import Routes
 from service.sampling import Sampler
 from service.settings import Settings
@@ -50,6 +52,9 @@ class Gateway:
         breakers = Breakers(settings.upstreams, f.breaker_failures, f.breaker_open_s, self.metrics.set_replica_up)
         self.upstreams = Upstreams(settings.upstreams, g.connect_timeout_s, g.read_timeout_s, g.pool_size,
                                    settings.upstream_api_key, breakers)
+        k = settings.keys
+        self.keys = KeyRing(self.engine, k.refresh_s, keys_required(settings))
+        self.limiter = RateLimiter(self.engine, k.window_s, k.claim_fraction)
         self.sampler = Sampler(settings.sample_rate, settings.canary_sample_rate)
         self.traffic_log = TrafficLog(self.engine, settings.spool_dir, self.metrics, g.log_queue_size,
                                       g.log_batch_size, g.log_flush_interval_s)
@@ -126,6 +131,10 @@ class Gateway:
         except Exception as exc:  # the store may be down: serve anyway, spool until it is back
             log.error("store unreachable at startup (%s); exchanges will be spooled", exc)
         await self.upstreams.start()
+        level, message = startup_message(self.settings)
+        log.log(level, "%s", message)
+        await self.keys.reload()
+        self.keys.start()
         self.traffic_log.start()
         with contextlib.suppress(Exception):
             await self.refresh_routes()
@@ -141,6 +150,7 @@ class Gateway:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
+        await self.keys.stop()
         await self.traffic_log.drain()
         await self.upstreams.close()
         log.info("gateway stopped: %d exchanges written, %d spooled, %d dropped", self.traffic_log.written,
@@ -205,6 +215,7 @@ class Gateway:
 
     # Small routes.
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.keys.authenticate(dict(scope["headers"]).get(b"authorization"))
         body = {"object": "list", "data": [{"id": self.settings.public_model, "object": "model",
                                              "created": int(self.started_at), "owned_by": "careloop"}]}
         await send_bytes(send, 200, orjson.dumps(body))

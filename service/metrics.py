@@ -16,8 +16,9 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("careloop_requests", "Chat requests by target adapter and HTTP status.",
-                                ["adapter", "code"], registry=r)
+        self.requests = Counter("careloop_requests",
+                                "Chat requests by target adapter, HTTP status and client key name.",
+                                ["adapter", "code", "key"], registry=r)
         self.overhead = Histogram("careloop_gateway_overhead_seconds",
                                   "Time spent in the gateway itself (total minus waiting on vLLM).",
                                   buckets=OVERHEAD_BUCKETS, registry=r)
@@ -45,15 +46,15 @@ class GatewayMetrics:
         self.replica_up = Gauge("careloop_upstream_replica_up",
                                 "1 while a vLLM replica's circuit breaker is closed, 0 while it is open.",
                                 ["replica"], registry=r)
-        self._request_children: dict[tuple[str, int], Counter] = {}
+        self._request_children: dict[tuple[str, int, str], Counter] = {}
         self._upstream_children: dict[str, Histogram] = {}
 
-    def count_request(self, adapter: str, code: int) -> None:
+    def count_request(self, adapter: str, code: int, key_name: str = "none") -> None:
         """Count one request (children cached: this runs on the hot path)."""
-        key = (adapter, code)
+        key = (adapter, code, key_name)
         child = self._request_children.get(key)
         if child is None:
-            child = self._request_children[key] = self.requests.labels(adapter, str(code))
+            child = self._request_children[key] = self.requests.labels(adapter, str(code), key_name)
         child.inc()
 
     def observe_upstream(self, adapter: str, seconds: float) -> None:

@@ -21,6 +21,7 @@ import orjson
 from service.asgi import Receive, Scope, Send, read_body
 from service.errors import GatewayError, bad_request, not_found, send_error, upstream_error
 from service.failover import Breakers
+from service.ratelimit import charge_tokens, check_access
 from service.request_id import RequestIds, request_ids
 from service.routing import choose
 from service.traffic_log import Record
@@ -139,6 +140,7 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     exchange_id = new_exchange_id()
     settings = gw.settings
     length = user_header = session_header = rid_header = traceparent = None
+    authorization: bytes | None = None
     for name, value in scope["headers"]:  # one pass over the headers the gateway reads
         if name == b"content-length":
             length = value.decode("latin-1")
@@ -150,18 +152,27 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
             rid_header = value.decode("latin-1")
         elif name == b"traceparent":
             traceparent = value.decode("latin-1")
+        elif name == b"authorization":
+            authorization = value
     ids = request_ids(exchange_id, rid_header, traceparent)
     id_header = [(b"x-careloop-exchange-id", exchange_id.encode()), *ids.response_headers()]
+    try:
+        key = await check_access(gw.keys, gw.limiter, authorization)
+    except GatewayError as exc:  # 401 / 429: answered and counted, not logged (a flood must not fill the store)
+        gw.metrics.count_request("none", exc.status, getattr(exc, "key_name", "none"))
+        await send_error(send, exc, id_header + getattr(exc, "headers", list)())
+        return
+    key_name = key.name if key is not None else None
     if length is not None and length.isdigit() and int(length) > settings.gateway.max_body_bytes:
         await _reject(gw, send, GatewayError(413, f"request body over {settings.gateway.max_body_bytes} bytes",
                                              "invalid_request_error", "request_too_large"), id_header,
-                      exchange_id, created, t0, ids=ids)
+                      exchange_id, created, t0, ids=ids, key_name=key_name)
         return
     body = await read_body(receive, settings.gateway.max_body_bytes)
     if body is None:
         await _reject(gw, send, GatewayError(413, f"request body over {settings.gateway.max_body_bytes} bytes",
                                              "invalid_request_error", "request_too_large"), id_header,
-                      exchange_id, created, t0, ids=ids)
+                      exchange_id, created, t0, ids=ids, key_name=key_name)
         return
     req: dict[str, Any] = {}
     try:
@@ -174,7 +185,7 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
             raise upstream_error(503, "the gateway has not reached vLLM yet; retry shortly",
                                  "upstream_unavailable")
     except GatewayError as exc:
-        await _reject(gw, send, exc, id_header, exchange_id, created, t0, req, ids=ids)
+        await _reject(gw, send, exc, id_header, exchange_id, created, t0, req, ids=ids, key_name=key_name)
         return
 
     user_id = req.get("user") or user_header or session_header
@@ -273,11 +284,13 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     metrics = gw.metrics
     metrics.overhead.observe(max(total - upstream_wait, 0.0))
     metrics.observe_upstream(choice.target, upstream_wait)
-    metrics.count_request(choice.target, status)
+    metrics.count_request(choice.target, status, key_name or "none")
+    if status == 200:
+        charge_tokens(gw.limiter, key, response)
     log = gw.traffic_log
     log.submit(Record(exchange_id, created, public_model, choice.target, choice.role, choice.user_key,
                       req, response, status, stream, sampled, total * 1000.0, error, ids.request_id,
-                      ids.trace_id))
+                      ids.trace_id, key_name))
     if log.depth > log.high_water:
         await log.wait_for_room()
 
@@ -330,9 +343,10 @@ async def _fail_late(send: Send, started: bool, exc: GatewayError, headers: list
 
 async def _reject(gw: Gateway, send: Send, exc: GatewayError, headers: list[tuple[bytes, bytes]],
                   exchange_id: str | None = None, created: float = 0.0, t0: float = 0.0,
-                  req: dict[str, Any] | None = None, ids: RequestIds | None = None) -> None:
+                  req: dict[str, Any] | None = None, ids: RequestIds | None = None,
+                  key_name: str | None = None) -> None:
     """Answer a request the gateway refuses before proxying; counted, and logged when it got that far."""
-    gw.metrics.count_request("none", exc.status)
+    gw.metrics.count_request("none", exc.status, key_name or "none")
     await send_error(send, exc, headers)
     if exchange_id is not None:
         req = req or {}
@@ -342,4 +356,4 @@ async def _reject(gw: Gateway, send: Send, exc: GatewayError, headers: list[tupl
             exchange_id, created, model[:128] if isinstance(model, str) else gw.settings.public_model,
             "none", "stable", None, req, None, exc.status, stream is True, False,
             (time.perf_counter() - t0) * 1000.0, exc.message, ids.request_id if ids else None,
-            ids.trace_id if ids else None))
+            ids.trace_id if ids else None, key_name))

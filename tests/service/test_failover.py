@@ -176,7 +176,6 @@ async def test_killing_a_replica_process_under_load_loses_no_request(settings: S
             await _wait_port(p)
         settings.upstream_replicas = [f"http://127.0.0.1:{p}" for p in ports]
         settings.gateway.routes_refresh_s = 600
-        settings.base_model = "stub"
         async with running_gateway(settings) as (gw, url), aiohttp.ClientSession() as client:
             codes: list[int] = []
             stop = time.monotonic() + 3.0
