@@ -74,11 +74,11 @@ class Procs:
     def __init__(self) -> None:
         self.items: list[subprocess.Popen[bytes]] = []
 
-    def start(self, cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None
-              ) -> subprocess.Popen[bytes]:
+    def start(self, cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None,
+              cwd: Path = ROOT) -> subprocess.Popen[bytes]:
         out = log.open("wb") if log else subprocess.DEVNULL
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT, start_new_session=True)  # each server its own scheduler group
+                                cwd=cwd, start_new_session=True)  # each server its own scheduler group
         self.items.append(proc)
         return proc
 
@@ -199,16 +199,40 @@ def overhead_quantiles(port: int, qs: tuple[float, ...] = (0.5, 0.99)) -> dict[f
     return {q: next((le * 1e3 for le, n in buckets if n >= q * total), float("inf")) for q in qs}
 
 
-def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: float = 0.1
-                  ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a gateway in front of the stub upstream; (process, port) once it is ready."""
+def add_client_key(home: Path) -> None:
+    """Store the bench's key (KEY) as a client key with limits far above the load, in a fresh store at `home`."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from service.keys import hash_key
+    from service.migrations import upgrade
+    from service.schema import ClientKey
+    from service.store import make_engine, session_scope
+
+    url = f"sqlite:///{home / 'careloop.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with session_scope(engine) as session:
+        session.add(ClientKey(name="bench", key_hash=hash_key(KEY), prefix=KEY[:10], rpm=10**9, tpm=10**12))
+    engine.dispose()
+
+
+def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: float = 0.1, keys: bool = False,
+                  root: Path = ROOT) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a gateway (from the checkout at `root`) in front of the stub upstream; (process, port) once ready.
+
+    `keys`: client keys required and the bench's key rate limited (limits far above the load, so every request
+    pays the check and the quota accounting without being refused).
+    """
     port = free_port()
     env = {"CARELOOP_HOME": str(home), "CARELOOP_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
            "CARELOOP_SAMPLE_RATE": str(sample_rate), "CARELOOP_GATEWAY__PORT": str(port),
            "CARELOOP_DATABASE_URL": f"sqlite:///{home / 'careloop.db'}"}
+    if keys:
+        add_client_key(home)
+        env["CARELOOP_KEYS__REQUIRE"] = "on"
     proc = procs.start([PY, "-c", "import logging; from service.settings import Settings; "
                         "from service.server import run_gateway; run_gateway(Settings(), 'warning')"],
-                       env, home / "gateway.log")
+                       {**env, "PYTHONPATH": str(root)}, home / "gateway.log", cwd=root)
     wait_http(f"http://127.0.0.1:{port}/readyz")
     return proc, port
 
@@ -259,6 +283,10 @@ def main() -> None:
                         help="which parts to run (comma-separated)")
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test of the script)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keys", action="store_true",
+                        help="add a column: a second gateway with client keys required and the key rate limited")
+    parser.add_argument("--baseline-root", type=Path,
+                        help="add a column: a gateway run from another checkout (e.g. `git archive main`)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.wrk_seconds, args.load_seconds = 300, 3, 5
@@ -285,6 +313,14 @@ def main() -> None:
                    if sections & {"sequential", "throughput"} else None)
 
         targets = {"direct": (stub_port, "/v1/chat/completions"), "careloop": (gw_port, "/v1/chat/completions")}
+        if args.keys and sections & {"sequential", "throughput"}:
+            (tmp / "home-keys").mkdir()
+            _, keys_port = start_gateway(procs, tmp / "home-keys", stub_port, keys=True)
+            targets["careloop_keys"] = (keys_port, "/v1/chat/completions")
+        if args.baseline_root and sections & {"sequential", "throughput"}:
+            (tmp / "home-base").mkdir()
+            _, base_port = start_gateway(procs, tmp / "home-base", stub_port, root=args.baseline_root.resolve())
+            targets["baseline"] = (base_port, "/v1/chat/completions")
         if ll_port:
             targets["litellm"] = (ll_port, "/v1/chat/completions")
 
@@ -300,7 +336,7 @@ def main() -> None:
                     add50 = (pct(times[name], 0.5) - base50) * 1e3
                     add99 = (pct(times[name], 0.99) - base99) * 1e3
                     row[f"{name}_added_p50_ms"], row[f"{name}_added_p99_ms"] = add50, add99
-                    print(f"{label:6s} {name:9s} added p50 {add50:7.3f} ms   p99 {add99:7.3f} ms   "
+                    print(f"{label:6s} {name:13s} added p50 {add50:7.3f} ms   p99 {add99:7.3f} ms   "
                           f"(direct p50 {base50 * 1e3:.3f} ms)")
                 if ll_port:
                     ratio = float(row["litellm_added_p50_ms"]) / max(float(row["careloop_added_p50_ms"]), 1e-6)  # type: ignore[arg-type]
@@ -325,7 +361,7 @@ def main() -> None:
             for name, (port, path) in sorted(targets.items(), key=lambda kv: kv[0] == "direct"):
                 r = wrk(port, path, args.wrk_seconds, 32, tmp)
                 tp[name] = r
-                print(f"{name:9s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
+                print(f"{name:13s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
                       f"non-2xx {r['non2xx']} {r['socket_errors']}")
             if ll_port:
                 ratio = tp["careloop"]["rps"] / max(tp["litellm"]["rps"], 1e-6)  # type: ignore[index]

@@ -203,9 +203,11 @@ class KeyRing:
             await self.reload()
 
     async def authenticate(self, authorization: bytes | None) -> KeyInfo | None:
-        """The key an `Authorization` header names; None when none is given and none is required.
+        """The live key an `Authorization` header names, or None (anonymous).
 
-        Raises 401 for a wrong, revoked or expired key, and for a missing one when keys are required.
+        Keys required: 401 for a missing, malformed, unknown, revoked or expired key. Keys not required (a
+        loopback gateway): a known live key is still attributed and rate limited, anything else is served
+        anonymously (OpenAI clients always send some key).
         """
         if authorization is None:
             if self.required:
@@ -214,16 +216,23 @@ class KeyRing:
         scheme, _, token = authorization.decode("latin-1").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise unauthorized("the Authorization header must be 'Bearer <key>'")
+            if self.required:
+                raise unauthorized("the Authorization header must be 'Bearer <key>'")
+            return None
         digest = hash_key(token)
         info = self.by_hash.get(digest)
         if info is None and time.monotonic() - self._loaded_at >= 1.0:
             if self._reload is None or self._reload.done():  # one store read however many misses at once
                 self._reload = asyncio.ensure_future(self.reload())
-            await asyncio.shield(self._reload)
-            info = self.by_hash.get(digest)
+            if self.required:  # an open gateway does not make an anonymous client wait for the store
+                await asyncio.shield(self._reload)
+                info = self.by_hash.get(digest)
         if info is None:
-            raise unauthorized("the client key is not valid (unknown or revoked)")
+            if self.required:
+                raise unauthorized("the client key is not valid (unknown or revoked)")
+            return None
         if info.expires_at is not None and info.expires_at <= time.time():
-            raise unauthorized(f"the client key '{info.name}' has expired")
+            if self.required:
+                raise unauthorized(f"the client key '{info.name}' has expired")
+            return None
         return info

@@ -171,3 +171,21 @@ async def test_per_key_request_and_token_limits(keyed: Settings) -> None:
             assert resp.status == 200
         metrics = await (await client.get(url + "/metrics")).text()
         assert 'careloop_requests_total{adapter="none",code="429",key="rpm-5"} 2.0' in metrics
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_open_loopback_gateway_serves_unknown_keys_anonymously_and_limits_known_ones(
+        settings: Settings, fake: FakeUpstream) -> None:
+    settings.upstream = fake.url
+    upgrade(settings.database_url or "")
+    engine = make_engine(settings.database_url or "")
+    key, _ = create_key(engine, "limited", rpm=2)
+    engine.dispose()
+    async with running_gateway(settings) as (_gw, url), aiohttp.ClientSession() as client:
+        for auth in ("Bearer sk-dummy-from-an-sdk", "Basic abc", None):
+            headers = {"Authorization": auth} if auth else {}
+            assert (await client.post(url + CHAT, json=BODY, headers=headers)).status == 200
+        codes = [(await client.post(url + CHAT, json=BODY, headers={"Authorization": f"Bearer {key}"})).status
+                 for _ in range(3)]
+        assert codes == [200, 200, 429]
+    assert sorted(str(r.key_name) for r in rows(settings)) == ["None", "None", "None", "limited", "limited"]
