@@ -274,6 +274,7 @@ def main() -> None:
                         help="virtualenv with litellm[proxy] (skipped when absent)")
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests per target")
     parser.add_argument("--wrk-seconds", type=int, default=10)
+    parser.add_argument("--wrk-rounds", type=int, default=1, help="throughput rounds (median reported)")
     parser.add_argument("--load-seconds", type=int, default=60, help="sustained load before the row count")
     parser.add_argument("--stream-counts", default="1,16,64,256")
     parser.add_argument("--stream-rounds", type=int, default=3)
@@ -358,11 +359,24 @@ def main() -> None:
             tp: dict[str, object] = {}
             # Direct last: 10 s of the stub at full speed leaves this session's scheduler group penalised for
             # a while (Linux autogroup fairness), which would depress whatever ran next.
-            for name, (port, path) in sorted(targets.items(), key=lambda kv: kv[0] == "direct"):
-                r = wrk(port, path, args.wrk_seconds, 32, tmp)
-                tp[name] = r
-                print(f"{name:13s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
-                      f"non-2xx {r['non2xx']} {r['socket_errors']}")
+            # With several rounds the gateways take turns going first (the first to run on a shared machine
+            # is favoured), and each one's median round is reported.
+            proxies = [n for n in targets if n != "direct"]
+            runs: dict[str, list[dict[str, Any]]] = {n: [] for n in targets}
+            for rnd in range(args.wrk_rounds):
+                k = rnd % len(proxies)
+                for name in [*proxies[k:], *proxies[:k], "direct"]:
+                    port, path = targets[name]
+                    r = wrk(port, path, args.wrk_seconds, 32, tmp)
+                    runs[name].append(r)
+                    print(f"{name:13s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms"
+                          f"   non-2xx {r['non2xx']} {r['socket_errors']}")
+            for name, rs in runs.items():
+                median = dict(sorted(rs, key=lambda r: r["rps"])[len(rs) // 2])
+                tp[name] = median
+                if args.wrk_rounds > 1:
+                    median["rounds_rps"] = [r["rps"] for r in rs]
+                    print(f"{name:13s} median {median['rps']:9.0f} req/s over {len(rs)} rounds")
             if ll_port:
                 ratio = tp["careloop"]["rps"] / max(tp["litellm"]["rps"], 1e-6)  # type: ignore[index]
                 tp["careloop_over_litellm"] = ratio

@@ -19,6 +19,7 @@ from monitor.metrics import MonitorMetrics
 from monitor.triggers import TriggerEngine
 from monitor.windows import WindowSet
 from monitor.worker import CycleReport, JudgeWorker, new_worker_id, queue_depth
+from service import telemetry
 from service.settings import Settings
 from service.store import make_engine
 
@@ -95,6 +96,10 @@ class MonitorService:
         return n
 
     def _timed(self, name: str, seconds: float, error: BaseException | None = None) -> None:
+        if telemetry.enabled():  # a root span per job run (issue 23)
+            end = time.time_ns()
+            telemetry.record_span(f"monitor {name}", end - int(seconds * 1e9), end, {"careloop.job": name},
+                                  error=f"{type(error).__name__}: {error}" if error else None)
         stat = self.stats.setdefault(name, JobStat())
         stat.runs += 1
         stat.last_s = seconds
@@ -240,6 +245,8 @@ async def serve(settings: Settings, service: MonitorService | None = None,
 
     from monitor.server import create_app
 
+    if settings.telemetry.otlp_endpoint:
+        telemetry.configure(settings.telemetry.otlp_endpoint, "careloop-monitor")
     if service is None:
         from service.migrations import upgrade
 
@@ -278,6 +285,8 @@ async def serve(settings: Settings, service: MonitorService | None = None,
     finally:
         scheduler.shutdown(wait=False)
         await service.aclose()
+        if settings.telemetry.otlp_endpoint:
+            telemetry.shutdown()
 
 
 def run_monitor(settings: Settings, **kwargs: Any) -> None:

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 from sqlalchemy.engine import Engine
 
-from service import admin
+from service import admin, telemetry
 from service.asgi import Receive, Scope, Send, send_bytes
 from service.errors import GatewayError, not_found, send_error
 from service.failover import Breakers
@@ -65,6 +65,7 @@ class Gateway:
         self._reconcile_lock = asyncio.Lock()
         self._last_view: RegistryView | None = None
         self.started_at = time.time()
+        self.tracing = False  # OpenTelemetry spans (set at startup when an OTLP endpoint is configured)
         self._dispatch = {
             ("POST", "/v1/chat/completions"): chat_completions,
             ("GET", "/v1/models"): Gateway._models,
@@ -131,6 +132,9 @@ class Gateway:
         except Exception as exc:  # the store may be down: serve anyway, spool until it is back
             log.error("store unreachable at startup (%s); exchanges will be spooled", exc)
         await self.upstreams.start()
+        if self.settings.telemetry.otlp_endpoint:
+            telemetry.configure(self.settings.telemetry.otlp_endpoint, "careloop-gateway")
+        self.tracing = telemetry.enabled()
         level, message = startup_message(self.settings)
         log.log(level, "%s", message)
         await self.keys.reload()
@@ -153,6 +157,8 @@ class Gateway:
         await self.keys.stop()
         await self.traffic_log.drain()
         await self.upstreams.close()
+        if self.settings.telemetry.otlp_endpoint:
+            telemetry.shutdown()  # flush the last spans
         log.info("gateway stopped: %d exchanges written, %d spooled, %d dropped", self.traffic_log.written,
                  self.traffic_log.spooled, self.traffic_log.dropped)
 

@@ -24,6 +24,7 @@ from service.failover import Breakers
 from service.ratelimit import charge_tokens, check_access
 from service.request_id import RequestIds, request_ids
 from service.routing import choose
+from service.telemetry import gateway_span
 from service.traffic_log import Record
 
 if TYPE_CHECKING:
@@ -287,6 +288,8 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     metrics.count_request(choice.target, status, key_name or "none")
     if status == 200:
         charge_tokens(gw.limiter, key, response)
+    if gw.tracing:
+        gateway_span(ids, exchange_id, created, total, choice.target, choice.role, status, key_name, stream, error)
     log = gw.traffic_log
     log.submit(Record(exchange_id, created, public_model, choice.target, choice.role, choice.user_key,
                       req, response, status, stream, sampled, total * 1000.0, error, ids.request_id,

@@ -3,16 +3,16 @@
 A request id the client sends is kept when it is a plain token (up to 128 characters of letters, digits and
 `-._:`); anything else is replaced, so a stored or echoed id can never carry markup, newlines or a payload.
 The gateway takes part in the trace: it keeps the client's trace id (or makes one: the exchange id, which is
-already 32 random-enough hex digits) and sends vLLM a `traceparent` naming its own span as the parent.
+already 32 random-enough hex digits) and sends vLLM a `traceparent` naming its own span as the parent. That
+span's id is the last 16 hex digits of the exchange id (random bits), so later spans (the judge's verdict) can
+name it as their parent from the stored exchange alone.
 """
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 
-_rand_bits = random.Random().getrandbits  # ids must be unique, not secret (no syscall per request)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = "0" * 32
@@ -27,6 +27,7 @@ class RequestIds:
     trace_id: str  # 32 hex
     span_id: str  # 16 hex: the gateway's own span, the parent of vLLM's work
     sampled: bool
+    parent_span_id: str | None = None  # the client's span, when it sent a traceparent
 
     @property
     def traceparent(self) -> str:
@@ -42,19 +43,20 @@ class RequestIds:
         return {**base, "X-Request-ID": self.request_id, "traceparent": self.traceparent}
 
 
-def parse_traceparent(value: str | None) -> tuple[str, bool] | None:
-    """(trace id, sampled) of a valid version-00-compatible `traceparent`, else None."""
+def parse_traceparent(value: str | None) -> tuple[str, str, bool] | None:
+    """(trace id, parent span id, sampled) of a valid version-00-compatible `traceparent`, else None."""
     if not value:
         return None
     m = _TRACEPARENT.fullmatch(value.strip().lower()[:55])
     if m is None or m.group(1) == "ff" or m.group(2) == _ZERO_TRACE or m.group(3) == _ZERO_SPAN:
         return None
-    return m.group(2), bool(int(m.group(4), 16) & 1)
+    return m.group(2), m.group(3), bool(int(m.group(4), 16) & 1)
 
 
-def new_span_id() -> str:
-    """16 hex digits, never all zero."""
-    return f"{_rand_bits(64) or 1:016x}"
+def gateway_span_id(exchange_id: str) -> str:
+    """The gateway's span id for an exchange: its last 16 hex digits (never all zero)."""
+    tail = exchange_id[-16:].rjust(16, "0")
+    return tail if tail != _ZERO_SPAN else "0" * 15 + "1"
 
 
 def request_ids(exchange_id: str, request_id: str | None, traceparent: str | None) -> RequestIds:
@@ -63,5 +65,7 @@ def request_ids(exchange_id: str, request_id: str | None, traceparent: str | Non
     if not _REQUEST_ID.fullmatch(rid):
         rid = exchange_id
     parent = parse_traceparent(traceparent)
-    trace_id, sampled = parent if parent is not None else (exchange_id, True)
-    return RequestIds(rid, trace_id, new_span_id(), sampled)
+    if parent is None:
+        return RequestIds(rid, exchange_id, gateway_span_id(exchange_id), True)
+    trace_id, parent_span, sampled = parent
+    return RequestIds(rid, trace_id, gateway_span_id(exchange_id), sampled, parent_span)

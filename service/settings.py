@@ -226,6 +226,14 @@ class RetentionSettings(BaseModel):
     interval_s: float = Field(default=3600.0, gt=0, description="How often the monitor runs the purge.")
 
 
+class TelemetrySettings(BaseModel):
+    """OpenTelemetry spans (gateway → vLLM, judge verdicts, monitor jobs, retrain runs)."""
+
+    otlp_endpoint: str | None = Field(default=None, description=(
+        "OTLP/HTTP endpoint (e.g. http://otel-collector:4318) spans are exported to; None: no spans, and "
+        "OpenTelemetry is never imported."))
+
+
 class Settings(BaseSettings):
     """Everything careloop can be told. `CARELOOP_<FIELD>`; nested as `CARELOOP_MONITOR__ALPHA`."""
 
@@ -263,6 +271,8 @@ class Settings(BaseSettings):
     keys: KeySettings = Field(default_factory=KeySettings, description="Client API keys and rate limits.")
     retention: RetentionSettings = Field(default_factory=RetentionSettings,
                                          description="How long exchanges, verdicts and audit records are kept.")
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings,
+                                         description="OpenTelemetry export (off unless an endpoint is set).")
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

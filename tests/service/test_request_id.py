@@ -18,7 +18,7 @@ PARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
 def test_client_ids_kept_when_valid_and_replaced_when_not() -> None:
     ids = request_ids("0" * 12 + "a" * 20, "req-42.a:b", PARENT)
     assert ids.request_id == "req-42.a:b" and ids.trace_id == TRACE and ids.sampled
-    assert ids.span_id != "00f067aa0ba902b7" and len(ids.span_id) == 16  # the gateway's own span
+    assert ids.span_id == "a" * 16 and ids.parent_span_id == "00f067aa0ba902b7"  # the gateway's own span
     assert ids.traceparent == f"00-{TRACE}-{ids.span_id}-01"
     made = request_ids("0193a1b2c3d4" + "e" * 20, "evil\r\nX-Injected: 1", "garbage")
     assert made.request_id == "0193a1b2c3d4" + "e" * 20 and made.trace_id == "0193a1b2c3d4" + "e" * 20
