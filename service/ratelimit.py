@@ -155,7 +155,7 @@ class RateLimiter:
 
     async def _claim_now(self, key: KeyInfo, a: Allowance, max_r: int | None, max_t: int | None) -> None:
         want_r = want_t = 0
-        if max_r is not None and not a.requests_out:
+        if max_r is not None and not a.requests_out and a.requests * 2 < self._slice(max_r):
             want_r = self._slice(max_r) - min(a.requests, 0)
         if max_t is not None and not a.tokens_out and a.tokens <= self._slice(max_t) // 2:
             want_t = self._slice(max_t) - min(a.tokens, 0)

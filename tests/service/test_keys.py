@@ -189,3 +189,28 @@ async def test_open_loopback_gateway_serves_unknown_keys_anonymously_and_limits_
                  for _ in range(3)]
         assert codes == [200, 200, 429]
     assert sorted(str(r.key_name) for r in rows(settings)) == ["None", "None", "None", "limited", "limited"]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_limiter_claims_small_slices_and_never_more_than_the_limit(settings: Settings) -> None:
+    from service.keys import KeyInfo
+    from service.ratelimit import RateLimited, RateLimiter
+
+    upgrade(settings.database_url or "")
+    engine = make_engine(settings.database_url or "")
+    now = [1_000_020.0]
+    replicas = [RateLimiter(engine, window_s=60, claim_fraction=0.1, clock=lambda: now[0]) for _ in range(3)]
+    key = KeyInfo("shared", rpm=100, tpm=None, expires_at=None)
+    admitted = refused = 0
+    for i in range(150):  # the replicas take turns, as a load balancer would spread them
+        try:
+            await replicas[i % 3].admit(key)
+            admitted += 1
+        except RateLimited as exc:
+            refused += 1
+            assert 1 <= exc.retry_after <= 60 and exc.headers() == [(b"retry-after", str(exc.retry_after).encode())]
+    assert admitted == 100 and refused == 50
+    assert sum(r.claims for r in replicas) <= 100 // 10 + 3 * 2  # slices of 10, not a store trip per request
+    now[0] += 60  # next window: quota again
+    await replicas[0].admit(key)
+    engine.dispose()
