@@ -267,6 +267,46 @@ def row_count(home: Path) -> int:
         return int(db.execute("SELECT count(*) FROM exchange").fetchone()[0])
 
 
+def hotpath_costs(n: int = 20000) -> dict[str, float]:
+    """Microseconds per request of what client keys and request ids add to the request path, in-process."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import timeit
+
+    from service.keys import KeyInfo, KeyRing, hash_key
+    from service.ratelimit import RateLimiter, usage_tokens
+    from service.request_id import request_ids
+    from service.store import make_engine
+
+    engine = make_engine("sqlite://")
+    from service.store import init_db
+
+    init_db(engine)
+    ring = KeyRing(engine, required=True)
+    info = KeyInfo("bench", rpm=10**9, tpm=10**12, expires_at=None)
+    ring.by_hash[hash_key(KEY)] = info
+    limiter = RateLimiter(engine)
+    header = f"Bearer {KEY}".encode()
+    body = b'{"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":64,"total_tokens":75}}'
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    async def keyed(k: int) -> None:
+        for _ in range(k):
+            key = await ring.authenticate(header)
+            assert key is not None
+            await limiter.admit(key)
+            limiter.spend_tokens(key, usage_tokens(body) or 0)
+
+    asyncio.run(keyed(10))  # first claim from the store
+    t = time.perf_counter()
+    asyncio.run(keyed(n))
+    keys_us = (time.perf_counter() - t) / n * 1e6
+    ids_us = timeit.timeit(lambda: request_ids("0193a1b2c3d4e5f60718293a4b5c6d7e", "clinic-7-req-1", tp),
+                           number=n) / n * 1e6
+    engine.dispose()
+    return {"keys_auth_limit_tokens_us": keys_us, "request_ids_us": ids_us}
+
+
 def main() -> None:
     """Run the gateway benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -280,7 +320,7 @@ def main() -> None:
     parser.add_argument("--stream-rounds", type=int, default=3)
     parser.add_argument("--stagger", type=float, default=1.0,
                         help="seconds over which each batch of streams opens (0: all in one burst)")
-    parser.add_argument("--sections", default="sequential,throughput,streams,sustained",
+    parser.add_argument("--sections", default="hotpath,sequential,throughput,streams,sustained",
                         help="which parts to run (comma-separated)")
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test of the script)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -324,6 +364,12 @@ def main() -> None:
             targets["baseline"] = (base_port, "/v1/chat/completions")
         if ll_port:
             targets["litellm"] = (ll_port, "/v1/chat/completions")
+
+        if "hotpath" in sections:
+            costs = hotpath_costs()
+            print(f"\n== in-process cost per request: client key check + rate limit + token charge "
+                  f"{costs['keys_auth_limit_tokens_us']:.1f} us; request ids {costs['request_ids_us']:.1f} us ==")
+            results["hotpath_us"] = costs
 
         if "sequential" in sections:
             print(f"\n== sequential, kept-alive, {args.requests} requests each (interleaved) ==")
