@@ -276,11 +276,10 @@ def hotpath_costs(n: int = 20000) -> dict[str, float]:
     from service.keys import KeyInfo, KeyRing, hash_key
     from service.ratelimit import RateLimiter, usage_tokens
     from service.request_id import request_ids
-    from service.store import make_engine
+    from service.store import init_db, make_engine
 
-    engine = make_engine("sqlite://")
-    from service.store import init_db
-
+    store = Path(tempfile.mkdtemp(prefix="careloop-hotpath-")) / "store.db"
+    engine = make_engine(f"sqlite:///{store}")
     init_db(engine)
     ring = KeyRing(engine, required=True)
     info = KeyInfo("bench", rpm=10**9, tpm=10**12, expires_at=None)
@@ -304,6 +303,7 @@ def hotpath_costs(n: int = 20000) -> dict[str, float]:
     ids_us = timeit.timeit(lambda: request_ids("0193a1b2c3d4e5f60718293a4b5c6d7e", "clinic-7-req-1", tp),
                            number=n) / n * 1e6
     engine.dispose()
+    shutil.rmtree(store.parent, ignore_errors=True)
     return {"keys_auth_limit_tokens_us": keys_us, "request_ids_us": ids_us}
 
 
