@@ -28,6 +28,7 @@ class RequestIds:
     span_id: str  # 16 hex: the gateway's own span, the parent of vLLM's work
     sampled: bool
     parent_span_id: str | None = None  # the client's span, when it sent a traceparent
+    exchange_id: str = ""
 
     @property
     def traceparent(self) -> str:
@@ -38,9 +39,20 @@ class RequestIds:
         """The headers every response to this request carries."""
         return [(b"x-request-id", self.request_id.encode()), (b"traceparent", self.traceparent.encode())]
 
+    @property
+    def upstream_request_id(self) -> str:
+        """The id vLLM gets: the client's request id and the exchange id, so it is unique per request.
+
+        vLLM names its request after `X-Request-ID` (`chatcmpl-<id>`) and aborts by that name when a client
+        leaves: two concurrent requests reusing one client id must not share it.
+        """
+        if not self.exchange_id or self.request_id == self.exchange_id:
+            return self.request_id
+        return f"{self.request_id}:{self.exchange_id}"
+
     def upstream_headers(self, base: dict[str, str]) -> dict[str, str]:
         """`base` plus the request id and trace context, for the request to vLLM."""
-        return {**base, "X-Request-ID": self.request_id, "traceparent": self.traceparent}
+        return {**base, "X-Request-ID": self.upstream_request_id, "traceparent": self.traceparent}
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str, bool] | None:
@@ -66,6 +78,6 @@ def request_ids(exchange_id: str, request_id: str | None, traceparent: str | Non
         rid = exchange_id
     parent = parse_traceparent(traceparent)
     if parent is None:
-        return RequestIds(rid, exchange_id, gateway_span_id(exchange_id), True)
+        return RequestIds(rid, exchange_id, gateway_span_id(exchange_id), True, None, exchange_id)
     trace_id, parent_span, sampled = parent
-    return RequestIds(rid, trace_id, gateway_span_id(exchange_id), sampled, parent_span)
+    return RequestIds(rid, trace_id, gateway_span_id(exchange_id), sampled, parent_span, exchange_id)

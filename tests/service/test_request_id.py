@@ -53,10 +53,11 @@ async def test_ids_forwarded_returned_and_stored(settings: Settings, fake: FakeU
                                headers={"X-Request-ID": "clinic-7-bad"}) as resp:
             assert resp.status == 404 and resp.headers["x-request-id"] == "clinic-7-bad"
     first = fake.headers[0]
-    assert first["X-Request-ID"] == "clinic-7-req-1"
+    stored = {r.request_id: r for r in rows(settings)}
+    # vLLM gets the client's id and the exchange id: unique per request even when a client reuses its id.
+    assert first["X-Request-ID"] == f"clinic-7-req-1:{stored['clinic-7-req-1'].id}"
     assert first["traceparent"] == returned and returned.startswith(f"00-{TRACE}-")
     assert fake.headers[1]["X-Request-ID"] == made_id
-    stored = {r.request_id: r for r in rows(settings)}
     assert stored["clinic-7-req-1"].trace_id == TRACE
     assert stored[made_id].trace_id == made_id and stored[made_id].stream
     assert stored["clinic-7-bad"].status == 404
