@@ -53,7 +53,7 @@ class Gateway:
         self.upstreams = Upstreams(settings.upstreams, g.connect_timeout_s, g.read_timeout_s, g.pool_size,
                                    settings.upstream_api_key, breakers)
         k = settings.keys
-        self.keys = KeyRing(self.engine, k.refresh_s, keys_required(settings))
+        self.keys = KeyRing(self.engine, k.refresh_s, keys_required(settings), settings.spool_dir / "client-keys.json")
         self.limiter = RateLimiter(self.engine, k.window_s, k.claim_fraction)
         self.sampler = Sampler(settings.sample_rate, settings.canary_sample_rate)
         self.traffic_log = TrafficLog(self.engine, settings.spool_dir, self.metrics, g.log_queue_size,

@@ -10,14 +10,17 @@ the request path is one sha256 and one dict lookup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import orjson
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -170,10 +173,12 @@ def unauthorized(message: str) -> GatewayError:
 class KeyRing:
     """The live keys of this gateway, by hash, refreshed from the store."""
 
-    def __init__(self, engine: Engine, refresh_s: float = 5.0, required: bool = True) -> None:
+    def __init__(self, engine: Engine, refresh_s: float = 5.0, required: bool = True,
+                 cache: Path | None = None) -> None:
         self.engine = engine
         self.refresh_s = refresh_s
         self.required = required
+        self.cache = cache  # the last key view read (hashes, names, limits; never a key), for a store-down start
         self.by_hash: dict[str, KeyInfo] = {}
         self._loaded_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
@@ -182,9 +187,18 @@ class KeyRing:
     async def reload(self) -> None:
         """Re-read the keys from the store now (keeps the old ones if the store is down)."""
         try:
-            self.by_hash = await asyncio.to_thread(load_live, self.engine)
+            keys = await asyncio.to_thread(load_live, self.engine)
         except Exception as exc:
+            if not self.by_hash and self.cache is not None and self.cache.exists():
+                self.by_hash = {h: KeyInfo(**v) for h, v in orjson.loads(self.cache.read_bytes()).items()}
             log.warning("could not read client keys (keeping %d known): %s", len(self.by_hash), exc)
+        else:
+            if keys != self.by_hash and self.cache is not None:
+                with contextlib.suppress(OSError):
+                    tmp = self.cache.with_suffix(".tmp")
+                    tmp.write_bytes(orjson.dumps({h: asdict(k) for h, k in keys.items()}))
+                    tmp.replace(self.cache)
+            self.by_hash = keys
         self._loaded_at = time.monotonic()
 
     def start(self) -> None:

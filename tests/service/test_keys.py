@@ -214,3 +214,23 @@ async def test_limiter_claims_small_slices_and_never_more_than_the_limit(setting
     now[0] += 60  # next window: quota again
     await replicas[0].admit(key)
     engine.dispose()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_gateway_starting_while_the_store_is_down_knows_the_keys_it_last_read(settings: Settings) -> None:
+    from service.keys import KeyRing
+
+    upgrade(settings.database_url or "")
+    engine = make_engine(settings.database_url or "")
+    key, _ = create_key(engine, "ward-app", rpm=10)
+    cache = settings.spool_dir / "client-keys.json"
+    ring = KeyRing(engine, cache=cache)
+    await ring.reload()
+    assert key not in cache.read_text() and hash_key(key) in cache.read_text()
+    engine.dispose()
+    down = make_engine("postgresql://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
+    restarted = KeyRing(down, cache=cache)
+    await restarted.reload()
+    info = await restarted.authenticate(f"Bearer {key}".encode())
+    assert info is not None and info.name == "ward-app" and info.rpm == 10
+    down.dispose()
