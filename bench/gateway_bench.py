@@ -74,11 +74,11 @@ class Procs:
     def __init__(self) -> None:
         self.items: list[subprocess.Popen[bytes]] = []
 
-    def start(self, cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None
-              ) -> subprocess.Popen[bytes]:
+    def start(self, cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None,
+              cwd: Path = ROOT) -> subprocess.Popen[bytes]:
         out = log.open("wb") if log else subprocess.DEVNULL
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT, start_new_session=True)  # each server its own scheduler group
+                                cwd=cwd, start_new_session=True)  # each server its own scheduler group
         self.items.append(proc)
         return proc
 
@@ -199,16 +199,40 @@ def overhead_quantiles(port: int, qs: tuple[float, ...] = (0.5, 0.99)) -> dict[f
     return {q: next((le * 1e3 for le, n in buckets if n >= q * total), float("inf")) for q in qs}
 
 
-def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: float = 0.1
-                  ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a gateway in front of the stub upstream; (process, port) once it is ready."""
+def add_client_key(home: Path) -> None:
+    """Store the bench's key (KEY) as a client key with limits far above the load, in a fresh store at `home`."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from service.keys import hash_key
+    from service.migrations import upgrade
+    from service.schema import ClientKey
+    from service.store import make_engine, session_scope
+
+    url = f"sqlite:///{home / 'careloop.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with session_scope(engine) as session:
+        session.add(ClientKey(name="bench", key_hash=hash_key(KEY), prefix=KEY[:10], rpm=10**9, tpm=10**12))
+    engine.dispose()
+
+
+def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: float = 0.1, keys: bool = False,
+                  root: Path = ROOT) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a gateway (from the checkout at `root`) in front of the stub upstream; (process, port) once ready.
+
+    `keys`: client keys required and the bench's key rate limited (limits far above the load, so every request
+    pays the check and the quota accounting without being refused).
+    """
     port = free_port()
     env = {"CARELOOP_HOME": str(home), "CARELOOP_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
            "CARELOOP_SAMPLE_RATE": str(sample_rate), "CARELOOP_GATEWAY__PORT": str(port),
            "CARELOOP_DATABASE_URL": f"sqlite:///{home / 'careloop.db'}"}
+    if keys:
+        add_client_key(home)
+        env["CARELOOP_KEYS__REQUIRE"] = "on"
     proc = procs.start([PY, "-c", "import logging; from service.settings import Settings; "
                         "from service.server import run_gateway; run_gateway(Settings(), 'warning')"],
-                       env, home / "gateway.log")
+                       {**env, "PYTHONPATH": str(root)}, home / "gateway.log", cwd=root)
     wait_http(f"http://127.0.0.1:{port}/readyz")
     return proc, port
 
@@ -243,6 +267,46 @@ def row_count(home: Path) -> int:
         return int(db.execute("SELECT count(*) FROM exchange").fetchone()[0])
 
 
+def hotpath_costs(n: int = 20000) -> dict[str, float]:
+    """Microseconds per request of what client keys and request ids add to the request path, in-process."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import timeit
+
+    from service.keys import KeyInfo, KeyRing, hash_key
+    from service.ratelimit import RateLimiter, usage_tokens
+    from service.request_id import request_ids
+    from service.store import init_db, make_engine
+
+    store = Path(tempfile.mkdtemp(prefix="careloop-hotpath-")) / "store.db"
+    engine = make_engine(f"sqlite:///{store}")
+    init_db(engine)
+    ring = KeyRing(engine, required=True)
+    info = KeyInfo("bench", rpm=10**9, tpm=10**12, expires_at=None)
+    ring.by_hash[hash_key(KEY)] = info
+    limiter = RateLimiter(engine)
+    header = f"Bearer {KEY}".encode()
+    body = b'{"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":64,"total_tokens":75}}'
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    async def keyed(k: int) -> None:
+        for _ in range(k):
+            key = await ring.authenticate(header)
+            assert key is not None
+            await limiter.admit(key)
+            limiter.spend_tokens(key, usage_tokens(body) or 0)
+
+    asyncio.run(keyed(10))  # first claim from the store
+    t = time.perf_counter()
+    asyncio.run(keyed(n))
+    keys_us = (time.perf_counter() - t) / n * 1e6
+    ids_us = timeit.timeit(lambda: request_ids("0193a1b2c3d4e5f60718293a4b5c6d7e", "clinic-7-req-1", tp),
+                           number=n) / n * 1e6
+    engine.dispose()
+    shutil.rmtree(store.parent, ignore_errors=True)
+    return {"keys_auth_limit_tokens_us": keys_us, "request_ids_us": ids_us}
+
+
 def main() -> None:
     """Run the gateway benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,15 +314,20 @@ def main() -> None:
                         help="virtualenv with litellm[proxy] (skipped when absent)")
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests per target")
     parser.add_argument("--wrk-seconds", type=int, default=10)
+    parser.add_argument("--wrk-rounds", type=int, default=1, help="throughput rounds (median reported)")
     parser.add_argument("--load-seconds", type=int, default=60, help="sustained load before the row count")
     parser.add_argument("--stream-counts", default="1,16,64,256")
     parser.add_argument("--stream-rounds", type=int, default=3)
     parser.add_argument("--stagger", type=float, default=1.0,
                         help="seconds over which each batch of streams opens (0: all in one burst)")
-    parser.add_argument("--sections", default="sequential,throughput,streams,sustained",
+    parser.add_argument("--sections", default="hotpath,sequential,throughput,streams,sustained",
                         help="which parts to run (comma-separated)")
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test of the script)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keys", action="store_true",
+                        help="add a column: a second gateway with client keys required and the key rate limited")
+    parser.add_argument("--baseline-root", type=Path,
+                        help="add a column: a gateway run from another checkout (e.g. `git archive main`)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.wrk_seconds, args.load_seconds = 300, 3, 5
@@ -285,8 +354,22 @@ def main() -> None:
                    if sections & {"sequential", "throughput"} else None)
 
         targets = {"direct": (stub_port, "/v1/chat/completions"), "careloop": (gw_port, "/v1/chat/completions")}
+        if args.keys and sections & {"sequential", "throughput"}:
+            (tmp / "home-keys").mkdir()
+            _, keys_port = start_gateway(procs, tmp / "home-keys", stub_port, keys=True)
+            targets["careloop_keys"] = (keys_port, "/v1/chat/completions")
+        if args.baseline_root and sections & {"sequential", "throughput"}:
+            (tmp / "home-base").mkdir()
+            _, base_port = start_gateway(procs, tmp / "home-base", stub_port, root=args.baseline_root.resolve())
+            targets["baseline"] = (base_port, "/v1/chat/completions")
         if ll_port:
             targets["litellm"] = (ll_port, "/v1/chat/completions")
+
+        if "hotpath" in sections:
+            costs = hotpath_costs()
+            print(f"\n== in-process cost per request: client key check + rate limit + token charge "
+                  f"{costs['keys_auth_limit_tokens_us']:.1f} us; request ids {costs['request_ids_us']:.1f} us ==")
+            results["hotpath_us"] = costs
 
         if "sequential" in sections:
             print(f"\n== sequential, kept-alive, {args.requests} requests each (interleaved) ==")
@@ -300,7 +383,7 @@ def main() -> None:
                     add50 = (pct(times[name], 0.5) - base50) * 1e3
                     add99 = (pct(times[name], 0.99) - base99) * 1e3
                     row[f"{name}_added_p50_ms"], row[f"{name}_added_p99_ms"] = add50, add99
-                    print(f"{label:6s} {name:9s} added p50 {add50:7.3f} ms   p99 {add99:7.3f} ms   "
+                    print(f"{label:6s} {name:13s} added p50 {add50:7.3f} ms   p99 {add99:7.3f} ms   "
                           f"(direct p50 {base50 * 1e3:.3f} ms)")
                 if ll_port:
                     ratio = float(row["litellm_added_p50_ms"]) / max(float(row["careloop_added_p50_ms"]), 1e-6)  # type: ignore[arg-type]
@@ -322,11 +405,24 @@ def main() -> None:
             tp: dict[str, object] = {}
             # Direct last: 10 s of the stub at full speed leaves this session's scheduler group penalised for
             # a while (Linux autogroup fairness), which would depress whatever ran next.
-            for name, (port, path) in sorted(targets.items(), key=lambda kv: kv[0] == "direct"):
-                r = wrk(port, path, args.wrk_seconds, 32, tmp)
-                tp[name] = r
-                print(f"{name:9s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
-                      f"non-2xx {r['non2xx']} {r['socket_errors']}")
+            # With several rounds the gateways take turns going first (the first to run on a shared machine
+            # is favoured), and each one's median round is reported.
+            proxies = [n for n in targets if n != "direct"]
+            runs: dict[str, list[dict[str, Any]]] = {n: [] for n in targets}
+            for rnd in range(args.wrk_rounds):
+                k = rnd % len(proxies)
+                for name in [*proxies[k:], *proxies[:k], "direct"]:
+                    port, path = targets[name]
+                    r = wrk(port, path, args.wrk_seconds, 32, tmp)
+                    runs[name].append(r)
+                    print(f"{name:13s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms"
+                          f"   non-2xx {r['non2xx']} {r['socket_errors']}")
+            for name, rs in runs.items():
+                median = dict(sorted(rs, key=lambda r: r["rps"])[len(rs) // 2])
+                tp[name] = median
+                if args.wrk_rounds > 1:
+                    median["rounds_rps"] = [r["rps"] for r in rs]
+                    print(f"{name:13s} median {median['rps']:9.0f} req/s over {len(rs)} rounds")
             if ll_port:
                 ratio = tp["careloop"]["rps"] / max(tp["litellm"]["rps"], 1e-6)  # type: ignore[index]
                 tp["careloop_over_litellm"] = ratio

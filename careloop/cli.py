@@ -117,12 +117,16 @@ def up(
 def _register_subcommands() -> None:
     """Attach the monitor's and retrain's commands (their modules import heavy code lazily)."""
     from careloop.demo import register as register_demo
+    from careloop.keys_cli import register as register_keys
+    from careloop.trace_cli import register as register_trace
     from monitor.cli import register as register_monitor
     from retrain.cli import register as register_retrain
 
     register_monitor(app)
     register_retrain(app)
     register_demo(app)
+    register_trace(app)
+    register_keys(app)
 
 
 _register_subcommands()

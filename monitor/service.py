@@ -19,6 +19,7 @@ from monitor.metrics import MonitorMetrics
 from monitor.triggers import TriggerEngine
 from monitor.windows import WindowSet
 from monitor.worker import CycleReport, JudgeWorker, new_worker_id, queue_depth
+from service import telemetry
 from service.settings import Settings
 from service.store import make_engine
 
@@ -95,6 +96,10 @@ class MonitorService:
         return n
 
     def _timed(self, name: str, seconds: float, error: BaseException | None = None) -> None:
+        if telemetry.enabled():  # a root span per job run (issue 23)
+            end = time.time_ns()
+            telemetry.record_span(f"monitor {name}", end - int(seconds * 1e9), end, {"careloop.job": name},
+                                  error=f"{type(error).__name__}: {error}" if error else None)
         stat = self.stats.setdefault(name, JobStat())
         stat.runs += 1
         stat.last_s = seconds
@@ -165,6 +170,28 @@ class MonitorService:
             log.info("%s", note)
         return notes
 
+    def retention_job(self) -> Any:
+        """Purge what the retention settings say is too old (one monitor replica at a time: lease "retention")."""
+        from service.retention import purge
+        from service.store import acquire_lease
+
+        r = self.settings.retention
+        t0 = time.perf_counter()
+        try:
+            if not acquire_lease(self.engine, "retention", self.holder, max(r.interval_s, 60.0)):
+                return None
+            report = purge(self.engine, r)
+        except Exception as exc:
+            log.exception("retention purge failed")
+            self._timed("retention", time.perf_counter() - t0, exc)
+            return None
+        self._timed("retention", time.perf_counter() - t0)
+        if report.text_purged or report.exchanges_deleted or any(report.audit_deleted.values()):
+            log.info("retention: %d texts blanked, %d exchanges and %d verdicts deleted, audit %s (%.1f s)",
+                     report.text_purged, report.exchanges_deleted, report.verdicts_deleted, report.audit_deleted,
+                     report.seconds)
+        return report
+
     async def cycle(self) -> dict[str, Any]:
         """One full round: judge, refresh windows, evaluate triggers, tick the launcher."""
         report = await self.judge_job()
@@ -218,6 +245,8 @@ async def serve(settings: Settings, service: MonitorService | None = None,
 
     from monitor.server import create_app
 
+    if settings.telemetry.otlp_endpoint:
+        telemetry.configure(settings.telemetry.otlp_endpoint, "careloop-monitor")
     if service is None:
         from service.migrations import upgrade
 
@@ -238,6 +267,9 @@ async def serve(settings: Settings, service: MonitorService | None = None,
                       id="triggers", **opts)
     scheduler.add_job(in_thread, "interval", args=[service.launcher_job], seconds=m.launcher_interval_s,
                       id="launcher", **opts)
+    if settings.retention.enabled:  # issue 23: batched purge, off the event loop
+        scheduler.add_job(in_thread, "interval", args=[service.retention_job], seconds=settings.retention.interval_s,
+                          id="retention", **opts)
     if status is not None and status_every_s:
         scheduler.add_job(status, "interval", args=[service], seconds=status_every_s, id="status", **opts)
     app = create_app(settings, service)
@@ -253,6 +285,8 @@ async def serve(settings: Settings, service: MonitorService | None = None,
     finally:
         scheduler.shutdown(wait=False)
         await service.aclose()
+        if settings.telemetry.otlp_endpoint:
+            telemetry.shutdown()
 
 
 def run_monitor(settings: Settings, **kwargs: Any) -> None:

@@ -26,6 +26,8 @@ from sqlalchemy.engine import Engine
 from monitor.judges.base import Judge, JudgeInput, JudgeResult
 from monitor.metrics import MonitorMetrics
 from monitor.scoring import DEFAULT_SCORE_TABLE, normalize_class, safety_score
+from service import telemetry
+from service.request_id import gateway_span_id
 from service.schema import Exchange, Verdict, utcnow
 from service.store import is_sqlite
 
@@ -45,6 +47,7 @@ class ClaimedExchange:
     messages: list[dict[str, Any]]
     response: str | None
     done_judges: frozenset[str] = frozenset()
+    trace_id: str | None = None  # the client request's trace (issue 23): the verdict's span joins it
 
     def judge_input(self) -> JudgeInput:
         """This exchange as a judge reads it."""
@@ -94,7 +97,7 @@ def claim_batch(engine: Engine, worker_id: str, limit: int, claim_timeout_s: flo
                 sub = sub.with_for_update(skip_locked=True)
             stmt = (update(_X).where(_X.c.id.in_(sub.scalar_subquery()))
                     .values(judge_state="claimed", claimed_by=worker_id, claimed_at=now)
-                    .returning(_X.c.id, _X.c.target, _X.c.request_messages, _X.c.response_text))
+                    .returning(_X.c.id, _X.c.target, _X.c.request_messages, _X.c.response_text, _X.c.trace_id))
             rows += conn.execute(stmt).all()
         if not rows:
             return []
@@ -103,7 +106,21 @@ def claim_batch(engine: Engine, worker_id: str, limit: int, claim_timeout_s: flo
         for ex_id, judge in conn.execute(select(_V.c.exchange_id, _V.c.judge)
                                          .where(_V.c.exchange_id.in_(ids))):
             done.setdefault(ex_id, set()).add(judge)
-    return [ClaimedExchange(r[0], r[1], r[2] or [], r[3], frozenset(done.get(r[0], ()))) for r in rows]
+    return [ClaimedExchange(r[0], r[1], r[2] or [], r[3], frozenset(done.get(r[0], ())), r[4]) for r in rows]
+
+
+def verdict_spans(claimed: Sequence[ClaimedExchange], graded: Mapping[str, Mapping[str, JudgeResult]],
+                  start_ns: int, end_ns: int) -> None:
+    """One `judge verdict` span per verdict, a child of the gateway's span of the exchange's request."""
+    for c in claimed:
+        for name, by_id in graded.items():
+            res = by_id.get(c.id)
+            if res is None or not c.trace_id:
+                continue
+            telemetry.record_span("judge verdict", start_ns, end_ns, {
+                "careloop.exchange_id": c.id, "careloop.judge": name, "careloop.target": c.target,
+                "careloop.harm_level": res.harm_level, "careloop.response_class": res.response_class},
+                trace_id=c.trace_id, parent_span_id=gateway_span_id(c.id))
 
 
 def queue_depth(engine: Engine) -> int:
@@ -225,6 +242,7 @@ class JudgeWorker:
         if not claimed:
             return report
         gradable = [c for c in claimed if c.response is not None]
+        graded_from = time.time_ns()
         tasks = {}
         for name in available:
             todo = [c for c in gradable if name not in c.done_judges]
@@ -238,6 +256,8 @@ class JudgeWorker:
                 report.judge_errors[name] = str(exc)
                 graded[name] = {}
         await asyncio.to_thread(self._write, claimed, graded, report)
+        if telemetry.enabled():
+            verdict_spans(claimed, graded, graded_from, time.time_ns())
         for key in ("claimed", "verdicts", "done", "released", "failed", "skipped"):
             setattr(self.totals, key, getattr(self.totals, key) + getattr(report, key))
         return report

@@ -47,6 +47,7 @@ from retrain.evaluate import (
 )
 from retrain.generate import chat, generate_many
 from retrain.heldout import never_train
+from service import telemetry
 from service.schema import Exchange, RetrainRun, Verdict, utcnow
 from service.settings import Settings
 from service.store import init_db, lease_holder, make_engine, release_lease, session_scope
@@ -402,7 +403,10 @@ def run_retrain(settings: Settings, *, run_id: int | None = None, cycles: int | 
     report = RunReport(run_id=rid, started_at=utcnow().isoformat(), base_target=base_target,
                        settings=settings.retrain.model_dump())
     t0 = time.monotonic()
+    started_ns = time.time_ns()
     status, outcome, error = "failed", "failed", None
+    if settings.telemetry.otlp_endpoint and not telemetry.enabled():
+        telemetry.configure(settings.telemetry.otlp_endpoint, "careloop-retrain")
     try:
         with Heartbeat(engine, rid, settings.retrain.heartbeat_s):
             outcome = _run(settings, engine, rid, run_dir, report, base_target, stable_path, cycles=cycles,
@@ -421,6 +425,9 @@ def run_retrain(settings: Settings, *, run_id: int | None = None, cycles: int | 
         finish_run(engine, rid, status=status, outcome=report.outcome, report=report.as_dict(), error=error,
                    adapter=report.adapter)
         engine.dispose()
+        telemetry.record_span("retrain run", started_ns, time.time_ns(), {
+            "careloop.run_id": rid, "careloop.outcome": report.outcome, "careloop.adapter": report.adapter,
+            "careloop.base_target": base_target}, error=error)
     return report
 
 

@@ -97,6 +97,11 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> Non
             name = await asyncio.to_thread(registry.rollback, engine, "operator",
                                            _str_field(data, "reason", "rolled back by an operator"))
             await _reply(send, 200, {"rolled_back": name, **await _refresh(gw)})
+        elif parts and parts[0] == "keys":  # client keys (issue 23)
+            from service import keys_admin
+
+            await keys_admin.handle(gw, method, parts, await _json_body(gw, receive) if method == "POST" else None,
+                                    send)
         elif method == "POST" and parts == ["retrain"]:
             data = await _json_body(gw, receive)
             reason = _str_field(data, "reason", "requested by an operator")

@@ -18,11 +18,14 @@ import aiohttp
 import orjson
 from sqlalchemy.engine import Engine
 
-from service import admin
+from service import admin, telemetry
 from service.asgi import Receive, Scope, Send, send_bytes
 from service.errors import GatewayError, not_found, send_error
+from service.failover import Breakers
+from service.keys import KeyRing, keys_required, startup_message
 from service.metrics import GatewayMetrics
 from service.proxy import Upstreams, chat_completions
+from service.ratelimit import RateLimiter
 from service.routing import Routes
 from service.sampling import Sampler
 from service.settings import Settings
@@ -45,8 +48,13 @@ class Gateway:
         self.engine = engine or make_engine(settings.database_url or "", json_serializer=_json_text)
         self.metrics = GatewayMetrics()
         g = settings.gateway
+        f = settings.failover
+        breakers = Breakers(settings.upstreams, f.breaker_failures, f.breaker_open_s, self.metrics.set_replica_up)
         self.upstreams = Upstreams(settings.upstreams, g.connect_timeout_s, g.read_timeout_s, g.pool_size,
-                                   settings.upstream_api_key)
+                                   settings.upstream_api_key, breakers)
+        k = settings.keys
+        self.keys = KeyRing(self.engine, k.refresh_s, keys_required(settings), settings.spool_dir / "client-keys.json")
+        self.limiter = RateLimiter(self.engine, k.window_s, k.claim_fraction)
         self.sampler = Sampler(settings.sample_rate, settings.canary_sample_rate)
         self.traffic_log = TrafficLog(self.engine, settings.spool_dir, self.metrics, g.log_queue_size,
                                       g.log_batch_size, g.log_flush_interval_s)
@@ -57,6 +65,7 @@ class Gateway:
         self._reconcile_lock = asyncio.Lock()
         self._last_view: RegistryView | None = None
         self.started_at = time.time()
+        self.tracing = False  # OpenTelemetry spans (set at startup when an OTLP endpoint is configured)
         self._dispatch = {
             ("POST", "/v1/chat/completions"): chat_completions,
             ("GET", "/v1/models"): Gateway._models,
@@ -123,6 +132,13 @@ class Gateway:
         except Exception as exc:  # the store may be down: serve anyway, spool until it is back
             log.error("store unreachable at startup (%s); exchanges will be spooled", exc)
         await self.upstreams.start()
+        if self.settings.telemetry.otlp_endpoint:
+            telemetry.configure(self.settings.telemetry.otlp_endpoint, "careloop-gateway")
+        self.tracing = telemetry.enabled()
+        level, message = startup_message(self.settings)
+        log.log(level, "%s", message)
+        await self.keys.reload()
+        self.keys.start()
         self.traffic_log.start()
         with contextlib.suppress(Exception):
             await self.refresh_routes()
@@ -138,8 +154,11 @@ class Gateway:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
+        await self.keys.stop()
         await self.traffic_log.drain()
         await self.upstreams.close()
+        if self.settings.telemetry.otlp_endpoint:
+            telemetry.shutdown()  # flush the last spans
         log.info("gateway stopped: %d exchanges written, %d spooled, %d dropped", self.traffic_log.written,
                  self.traffic_log.spooled, self.traffic_log.dropped)
 
@@ -158,6 +177,8 @@ class Gateway:
                 self.last_reconcile_error = str(exc)
                 raise
             self.upstreams.healthy = list(routes.replicas)
+            for url in self.upstreams.urls:
+                self.upstreams.breakers.probed(url, url in routes.replicas)
             if routes != self.routes:
                 log.info("routes: stable=%s canary=%s (%.0f%%)", routes.stable, routes.canary,
                          routes.canary_fraction * 100)
@@ -200,6 +221,7 @@ class Gateway:
 
     # Small routes.
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.keys.authenticate(dict(scope["headers"]).get(b"authorization"))
         body = {"object": "list", "data": [{"id": self.settings.public_model, "object": "model",
                                              "created": int(self.started_at), "owned_by": "careloop"}]}
         await send_bytes(send, 200, orjson.dumps(body))
@@ -210,8 +232,10 @@ class Gateway:
     async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Ready when routes are known and at least one replica answers its health check now."""
         reachable = await self.probe_upstreams()
-        ok = self.routes.known and any(reachable.values())
+        breakers = self.upstreams.breakers
+        ok = self.routes.known and any(up and breakers.up(url) for url, up in reachable.items())
         body = {"ready": ok, "routes_known": self.routes.known, "upstreams": reachable,
+                "breakers_closed": {url: breakers.up(url) for url in reachable},
                 "stable": self.routes.stable, "canary": self.routes.canary,
                 "store_ok": self.traffic_log.store_ok}
         await send_bytes(send, 200 if ok else 503, orjson.dumps(body))

@@ -16,8 +16,9 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("careloop_requests", "Chat requests by target adapter and HTTP status.",
-                                ["adapter", "code"], registry=r)
+        self.requests = Counter("careloop_requests",
+                                "Chat requests by target adapter, HTTP status and client key name.",
+                                ["adapter", "code", "key"], registry=r)
         self.overhead = Histogram("careloop_gateway_overhead_seconds",
                                   "Time spent in the gateway itself (total minus waiting on vLLM).",
                                   buckets=OVERHEAD_BUCKETS, registry=r)
@@ -41,15 +42,19 @@ class GatewayMetrics:
                                   ["adapter", "role"], registry=r)
         self.canary_fraction = Gauge("careloop_canary_traffic_fraction",
                                      "Share of users routed to the canary (0 when none is live).", registry=r)
-        self._request_children: dict[tuple[str, int], Counter] = {}
+        # Operations (issue 23).
+        self.replica_up = Gauge("careloop_upstream_replica_up",
+                                "1 while a vLLM replica's circuit breaker is closed, 0 while it is open.",
+                                ["replica"], registry=r)
+        self._request_children: dict[tuple[str, int, str], Counter] = {}
         self._upstream_children: dict[str, Histogram] = {}
 
-    def count_request(self, adapter: str, code: int) -> None:
+    def count_request(self, adapter: str, code: int, key_name: str = "none") -> None:
         """Count one request (children cached: this runs on the hot path)."""
-        key = (adapter, code)
+        key = (adapter, code, key_name)
         child = self._request_children.get(key)
         if child is None:
-            child = self._request_children[key] = self.requests.labels(adapter, str(code))
+            child = self._request_children[key] = self.requests.labels(adapter, str(code), key_name)
         child.inc()
 
     def observe_upstream(self, adapter: str, seconds: float) -> None:
@@ -65,6 +70,10 @@ class GatewayMetrics:
         for name, role in targets:
             self.adapter_info.labels(name, role).set(1)
         self.canary_fraction.set(canary_fraction)
+
+    def set_replica_up(self, url: str, up: bool) -> None:
+        """Publish a replica's breaker state (labelled host:port)."""
+        self.replica_up.labels(url.split("://", 1)[-1]).set(1 if up else 0)
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

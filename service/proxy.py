@@ -20,7 +20,11 @@ import orjson
 
 from service.asgi import Receive, Scope, Send, read_body
 from service.errors import GatewayError, bad_request, not_found, send_error, upstream_error
+from service.failover import Breakers
+from service.ratelimit import charge_tokens, check_access
+from service.request_id import RequestIds, request_ids
 from service.routing import choose
+from service.telemetry import gateway_span
 from service.traffic_log import Record
 
 if TYPE_CHECKING:
@@ -36,8 +40,9 @@ class Upstreams:
     """The shared aiohttp client and the vLLM replicas it balances over (round robin over serving ones)."""
 
     def __init__(self, urls: list[str], connect_timeout_s: float, read_timeout_s: float, pool_size: int,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, breakers: Breakers | None = None) -> None:
         self.urls = [u.rstrip("/") for u in urls]
+        self.breakers = breakers or Breakers(self.urls)
         self.healthy = list(self.urls)
         self._rr = itertools.count()
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s,
@@ -69,7 +74,7 @@ class Upstreams:
         if len(pool) == 1:
             return pool
         i = next(self._rr) % len(pool)
-        return pool[i:] + pool[:i]
+        return self.breakers.pick(pool[i:] + pool[:i])
 
 
 def new_exchange_id() -> str:
@@ -134,9 +139,9 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     t0 = time.perf_counter()
     created = time.time()
     exchange_id = new_exchange_id()
-    id_header = [(b"x-careloop-exchange-id", exchange_id.encode())]
     settings = gw.settings
-    length = user_header = session_header = None
+    length = user_header = session_header = rid_header = traceparent = None
+    authorization: bytes | None = None
     for name, value in scope["headers"]:  # one pass over the headers the gateway reads
         if name == b"content-length":
             length = value.decode("latin-1")
@@ -144,16 +149,31 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
             user_header = value.decode("utf-8", "replace")
         elif name == b"x-session-id":
             session_header = value.decode("utf-8", "replace")
+        elif name == b"x-request-id":
+            rid_header = value.decode("latin-1")
+        elif name == b"traceparent":
+            traceparent = value.decode("latin-1")
+        elif name == b"authorization":
+            authorization = value
+    ids = request_ids(exchange_id, rid_header, traceparent)
+    id_header = [(b"x-careloop-exchange-id", exchange_id.encode()), *ids.response_headers()]
+    try:
+        key = await check_access(gw.keys, gw.limiter, authorization)
+    except GatewayError as exc:  # 401 / 429: answered and counted, not logged (a flood must not fill the store)
+        gw.metrics.count_request("none", exc.status, getattr(exc, "key_name", "none"))
+        await send_error(send, exc, id_header + getattr(exc, "headers", list)())
+        return
+    key_name = key.name if key is not None else None
     if length is not None and length.isdigit() and int(length) > settings.gateway.max_body_bytes:
         await _reject(gw, send, GatewayError(413, f"request body over {settings.gateway.max_body_bytes} bytes",
                                              "invalid_request_error", "request_too_large"), id_header,
-                      exchange_id, created, t0)
+                      exchange_id, created, t0, ids=ids, key_name=key_name)
         return
     body = await read_body(receive, settings.gateway.max_body_bytes)
     if body is None:
         await _reject(gw, send, GatewayError(413, f"request body over {settings.gateway.max_body_bytes} bytes",
                                              "invalid_request_error", "request_too_large"), id_header,
-                      exchange_id, created, t0)
+                      exchange_id, created, t0, ids=ids, key_name=key_name)
         return
     req: dict[str, Any] = {}
     try:
@@ -166,7 +186,7 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
             raise upstream_error(503, "the gateway has not reached vLLM yet; retry shortly",
                                  "upstream_unavailable")
     except GatewayError as exc:
-        await _reject(gw, send, exc, id_header, exchange_id, created, t0, req)
+        await _reject(gw, send, exc, id_header, exchange_id, created, t0, req, ids=ids, key_name=key_name)
         return
 
     user_id = req.get("user") or user_header or session_header
@@ -191,20 +211,8 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     assert session is not None
     started = False
     try:
-        resp = None
-        last_exc: BaseException | None = None
-        for url in gw.upstreams.order():
-            t_up = time.perf_counter()
-            try:
-                resp = await session.post(url + "/v1/chat/completions", data=payload,
-                                          headers=gw.upstreams.headers)
-                upstream_wait += time.perf_counter() - t_up
-                break
-            except aiohttp.ClientConnectorError as exc:  # never reached this replica: try the next one
-                upstream_wait += time.perf_counter() - t_up
-                last_exc = exc
-        if resp is None:
-            raise upstream_error(503, f"vLLM is unreachable: {last_exc}", "upstream_unavailable")
+        resp, wait = await send_upstream(gw, session, payload, ids.upstream_headers(gw.upstreams.headers))
+        upstream_wait += wait
         try:
             status = resp.status
             ctype = resp.headers.get("Content-Type", "application/json").encode("latin-1")
@@ -277,12 +285,53 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     metrics = gw.metrics
     metrics.overhead.observe(max(total - upstream_wait, 0.0))
     metrics.observe_upstream(choice.target, upstream_wait)
-    metrics.count_request(choice.target, status)
+    metrics.count_request(choice.target, status, key_name or "none")
+    if status == 200:
+        charge_tokens(gw.limiter, key, response)
+    if gw.tracing:
+        gateway_span(ids, exchange_id, created, total, choice.target, choice.role, status, key_name, stream, error)
     log = gw.traffic_log
     log.submit(Record(exchange_id, created, public_model, choice.target, choice.role, choice.user_key,
-                      req, response, status, stream, sampled, total * 1000.0, error))
+                      req, response, status, stream, sampled, total * 1000.0, error, ids.request_id,
+                      ids.trace_id, key_name))
     if log.depth > log.high_water:
         await log.wait_for_room()
+
+
+async def send_upstream(gw: Gateway, session: aiohttp.ClientSession, payload: bytes,
+                        headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, float]:
+    """POST to the first replica that answers, and the time spent waiting; failover happens only here.
+
+    Nothing has gone to the client yet, so a replica whose connection fails (refused, reset, closed before a
+    response) or that answers 503 is retried on the next one; its breaker counts the failure. A read timeout
+    is not retried (the replica may be busy generating). The last replica's 503 is passed through.
+    """
+    breakers = gw.upstreams.breakers
+    order = gw.upstreams.order()
+    last_exc: BaseException | None = None
+    wait = 0.0
+    for i, url in enumerate(order):
+        t_up = time.perf_counter()
+        try:
+            resp = await session.post(url + "/v1/chat/completions", data=payload, headers=headers)
+        except (aiohttp.ServerTimeoutError, TimeoutError):
+            raise
+        except aiohttp.ClientError as exc:  # no response from this replica: try the next one
+            wait += time.perf_counter() - t_up
+            breakers.failure(url)
+            last_exc = exc
+            continue
+        wait += time.perf_counter() - t_up
+        if resp.status == 503 and i + 1 < len(order):
+            breakers.failure(url)
+            resp.release()
+            continue
+        if resp.status == 503:
+            breakers.failure(url)
+        else:
+            breakers.success(url)
+        return resp, wait
+    raise upstream_error(503, f"vLLM is unreachable: {type(last_exc).__name__}", "upstream_unavailable")
 
 
 async def _fail_late(send: Send, started: bool, exc: GatewayError, headers: list[tuple[bytes, bytes]]) -> None:
@@ -297,9 +346,10 @@ async def _fail_late(send: Send, started: bool, exc: GatewayError, headers: list
 
 async def _reject(gw: Gateway, send: Send, exc: GatewayError, headers: list[tuple[bytes, bytes]],
                   exchange_id: str | None = None, created: float = 0.0, t0: float = 0.0,
-                  req: dict[str, Any] | None = None) -> None:
+                  req: dict[str, Any] | None = None, ids: RequestIds | None = None,
+                  key_name: str | None = None) -> None:
     """Answer a request the gateway refuses before proxying; counted, and logged when it got that far."""
-    gw.metrics.count_request("none", exc.status)
+    gw.metrics.count_request("none", exc.status, key_name or "none")
     await send_error(send, exc, headers)
     if exchange_id is not None:
         req = req or {}
@@ -308,4 +358,5 @@ async def _reject(gw: Gateway, send: Send, exc: GatewayError, headers: list[tupl
         gw.traffic_log.submit(Record(
             exchange_id, created, model[:128] if isinstance(model, str) else gw.settings.public_model,
             "none", "stable", None, req, None, exc.status, stream is True, False,
-            (time.perf_counter() - t0) * 1000.0, exc.message))
+            (time.perf_counter() - t0) * 1000.0, exc.message, ids.request_id if ids else None,
+            ids.trace_id if ids else None, key_name))

@@ -43,6 +43,12 @@ class Exchange(SQLModel, table=True):
     judge_state: str = Field(default="none", max_length=16)
     claimed_by: str | None = Field(default=None, max_length=64)
     claimed_at: datetime | None = None
+    # Operations (issue 23): the client's request id and W3C trace id, the client key's name (never the key),
+    # and when retention purged the raw text (request messages, parameters, response text).
+    request_id: str | None = Field(default=None, max_length=128, index=True)
+    trace_id: str | None = Field(default=None, max_length=32)
+    key_name: str | None = Field(default=None, max_length=64)
+    text_purged_at: datetime | None = None
 
 
 class Verdict(SQLModel, table=True):
@@ -148,3 +154,32 @@ class Lease(SQLModel, table=True):
     holder: str = Field(max_length=128)
     acquired_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
+
+
+# --- Operations (issue 23): client keys and the shared rate-limit windows. ---
+
+
+class ClientKey(SQLModel, table=True):
+    """A client application's API key: only the sha256 of the secret is stored, never the key."""
+
+    __tablename__ = "client_key"
+
+    name: str = Field(primary_key=True, max_length=64)
+    key_hash: str = Field(max_length=64, unique=True)  # sha256 hex of the whole key
+    prefix: str = Field(max_length=16)  # the key's first characters, to recognise it in a list
+    rpm: int | None = None  # requests per minute (None: unlimited)
+    tpm: int | None = None  # tokens (prompt + completion) per minute (None: unlimited)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class RateWindow(SQLModel, table=True):
+    """Quota claimed so far by all gateway replicas for one key in one rate window (shared through the store)."""
+
+    __tablename__ = "rate_window"
+
+    key_name: str = Field(primary_key=True, max_length=64)
+    window_start: int = Field(primary_key=True)  # epoch seconds at the window's start
+    requests: int = 0
+    tokens: int = 0

@@ -188,6 +188,62 @@ class DemoSettings(BaseModel):
     timeout_s: float = 5400.0  # give up (the run itself is measured to fit in an hour; the wall time is reported)
 
 
+# --- Operations (issue 23): failover, client keys and rate limits, retention, tracing. ---
+
+
+class FailoverSettings(BaseModel):
+    """Retrying on another vLLM replica and the per-replica circuit breaker."""
+
+    breaker_failures: int = Field(default=3, ge=1, description=(
+        "Consecutive failures (connection refused/reset before a response, or a 503) that open a replica's "
+        "circuit breaker; an open replica gets no requests."))
+    breaker_open_s: float = Field(default=5.0, gt=0, description=(
+        "How long a breaker stays open before one request (or the routes refresh reaching the replica) "
+        "probes it half-open; success closes it, failure opens it again."))
+
+
+class KeySettings(BaseModel):
+    """Client API keys on `/v1/*` and their per-key rate limits."""
+
+    require: Literal["auto", "on", "off"] = Field(default="auto", description=(
+        "Whether `/v1/*` needs `Authorization: Bearer <client key>`. auto: off only when the gateway is "
+        "bound to a loopback address, on otherwise."))
+    refresh_s: float = Field(default=5.0, gt=0, description=(
+        "How often each gateway re-reads the keys from the store (creation and revocation reach every "
+        "replica within this); an unknown key also triggers a re-read, at most once a second."))
+    window_s: int = Field(default=60, ge=1, description=(
+        "Length of the fixed rate-limit window in seconds; a key's rpm/tpm are scaled to it."))
+    claim_fraction: float = Field(default=0.02, gt=0, le=1, description=(
+        "Share of a key's per-window quota a gateway claims from the store at a time; with N replicas at "
+        "most N claims go unused, so limits hold within N x this share."))
+
+
+class RetentionSettings(BaseModel):
+    """How long the store keeps what (the monitor's purge job)."""
+
+    enabled: bool = Field(default=True, description="Run the scheduled purge in the monitor.")
+    raw_text_days: float | None = Field(default=30.0, description=(
+        "Days the raw exchange text (redacted request messages, parameters, response text) is kept; after "
+        "that it is blanked and the row keeps only its metadata. None: forever."))
+    exchange_days: float | None = Field(default=365.0, description=(
+        "Days exchange rows and their verdicts are kept (verdicts feed windows and audits). None: forever."))
+    audit_days: float | None = Field(default=None, description=(
+        "Days trigger events, adapter events and retrain runs are kept. None (default): never purged."))
+    keep_labelled: bool = Field(default=True, description=(
+        "Keep human-labelled exchanges (and their verdicts) whatever their age: they calibrate the judges."))
+    batch_size: int = Field(default=2000, ge=1, description="Rows deleted or blanked per transaction.")
+    pause_s: float = Field(default=0.05, ge=0, description="Pause between batches, so inserts are not held up.")
+    interval_s: float = Field(default=3600.0, gt=0, description="How often the monitor runs the purge.")
+
+
+class TelemetrySettings(BaseModel):
+    """OpenTelemetry spans (gateway → vLLM, judge verdicts, monitor jobs, retrain runs)."""
+
+    otlp_endpoint: str | None = Field(default=None, description=(
+        "OTLP/HTTP endpoint (e.g. http://otel-collector:4318) spans are exported to; None: no spans, and "
+        "OpenTelemetry is never imported."))
+
+
 class Settings(BaseSettings):
     """Everything careloop can be told. `CARELOOP_<FIELD>`; nested as `CARELOOP_MONITOR__ALPHA`."""
 
@@ -219,6 +275,14 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
+    # Operations (issue 23).
+    failover: FailoverSettings = Field(default_factory=FailoverSettings,
+                                       description="Retry on another replica; per-replica circuit breaker.")
+    keys: KeySettings = Field(default_factory=KeySettings, description="Client API keys and rate limits.")
+    retention: RetentionSettings = Field(default_factory=RetentionSettings,
+                                         description="How long exchanges, verdicts and audit records are kept.")
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings,
+                                         description="OpenTelemetry export (off unless an endpoint is set).")
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

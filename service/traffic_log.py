@@ -56,6 +56,10 @@ class Record:
     sampled: bool
     latency_ms: float
     error: str | None = None
+    # Operations (issue 23).
+    request_id: str | None = None
+    trace_id: str | None = None
+    key_name: str | None = None
 
 
 def _usage(obj: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -164,6 +168,10 @@ def build_row(record: Record) -> dict[str, Any]:
         "judge_state": "pending" if sampled else "none",
         "claimed_by": None,
         "claimed_at": None,
+        "request_id": record.request_id,
+        "trace_id": record.trace_id,
+        "key_name": record.key_name,
+        "text_purged_at": None,
     }
 
 

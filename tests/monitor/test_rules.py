@@ -14,7 +14,8 @@ from tests.monitor.rules_util import K8S_TESTS, RULES_CR, alert_names, extract
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing (apt-get install prometheus)")
 REQUIRED = {"CareloopSafetyScoreDrift", "CareloopErroneousRefusalSpike", "CareloopJudgeDivergence",
-            "CareloopRetrainFailed", "CareloopCanaryRolledBack", "CareloopTrafficLogDrops"}
+            "CareloopRetrainFailed", "CareloopCanaryRolledBack", "CareloopTrafficLogDrops",
+            "CareloopUpstreamReplicaDown"}
 
 
 def _stage(tmp_path: Path, for_override: str | None = None) -> Path:

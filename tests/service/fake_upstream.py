@@ -16,10 +16,11 @@ from tests.conftest import free_port
 class FakeUpstream:
     """What the fake answers, and what it was asked."""
 
-    mode: str = "ok"  # ok | error500 | hang | cut_stream
+    mode: str = "ok"  # ok | error500 | error503 | hang | cut_stream
     chunks: list[str] = field(default_factory=lambda: ["Hello", " there", "."])
     release: asyncio.Event | None = None  # when set, a stream waits for it after its first content chunk
     requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # the headers of each chat request
     admin_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     loaded: set[str] = field(default_factory=set)
     refuse_loads: set[str] = field(default_factory=set)  # adapter names this replica fails to load
@@ -40,7 +41,7 @@ class FakeUpstream:
         app.router.add_post("/v1/unload_lora_adapter", self._unload)
         self.runner = web.AppRunner(app, shutdown_timeout=0.2)
         await self.runner.setup()
-        self.port = free_port()
+        self.port = self.port or free_port()  # a restarted fake keeps its port
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
     async def stop(self) -> None:
@@ -74,6 +75,7 @@ class FakeUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         req = orjson.loads(await request.read())
         self.requests.append(req)
+        self.headers.append(dict(request.headers))
         model = req["model"]
         if model != self.base_model and model not in self.loaded:
             return web.json_response({"error": {"message": f"model {model} not found", "type": "NotFound",
@@ -81,6 +83,9 @@ class FakeUpstream:
         if self.mode == "error500":
             return web.json_response({"error": {"message": "engine dead", "type": "InternalServerError",
                                                 "code": 500}}, status=500)
+        if self.mode == "error503":
+            return web.json_response({"error": {"message": "overloaded", "type": "ServiceUnavailable",
+                                                "code": 503}}, status=503)
         if self.mode == "hang":
             await asyncio.sleep(30)
         if not req.get("stream"):

@@ -169,7 +169,7 @@ async def test_models_health_metrics(gw_settings: Settings, fake: FakeUpstream,
             await resp.read()
         async with client.get(url + "/metrics") as resp:
             text = await resp.text()
-    for name in ("careloop_requests_total{adapter=\"smollm2-135m\",code=\"200\"} 1.0",
+    for name in ("careloop_requests_total{adapter=\"smollm2-135m\",code=\"200\",key=\"none\"} 1.0",
                  "careloop_gateway_overhead_seconds_bucket", "careloop_upstream_latency_seconds_bucket",
                  "careloop_traffic_log_queue_depth", "careloop_traffic_log_dropped_total",
                  "careloop_adapter_info{adapter=\"smollm2-135m\",role=\"stable\"} 1.0",
