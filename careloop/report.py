@@ -53,6 +53,17 @@ def print_table(report: dict[str, Any], console: Console) -> None:
                   f"· wall time {report['wall_time_s'] / 60:.1f} min · failed requests {report['failed_requests']}")
     for name, ok in report["targets_after"].items():
         console.print(f"  {'[green]reached[/]' if ok else '[red]not reached[/]'}: {name}")
+    run_report = (report.get("retrain_run") or {}).get("report") or {}
+    for c in run_report.get("cycles", []):
+        dpo = c.get("dpo")
+        dpo_txt = (f"DPO {dpo['steps']} steps, {'kept' if dpo.get('kept') else 'not kept'}" if dpo
+                   else f"DPO skipped ({c.get('dpo_skipped')})")
+        sig = c.get("signatures") or {}
+        console.print(f"  cycle {c['cycle']}: KTO {c['kto'].get('steps')} steps · {dpo_txt} · validation Overall "
+                      f"{c['validation']['overall']:.3f} · {c['seconds']:.0f} s · signatures: ERR spike "
+                      f"{'yes' if sig.get('err_spike') else 'no'}, DPO collapse "
+                      f"{'yes' if sig.get('dpo_collapse') else 'no'}, flat {sig.get('flat_cycles', 0)}"
+                      + (f" · rejected: {c['rejected']}" if c.get("rejected") else ""))
     result = report.get("result")
     if result:
         console.print(f"result: {'[green]ok[/]' if result['ok'] else '[red]FAILED[/]'} · {result['reason']}")

@@ -74,6 +74,13 @@ class CycleRecord:
     rejected: str | None
     adapter_dir: str
     seconds: float
+    signatures: dict[str, Any] = field(default_factory=dict)  # the design's three failure signatures
+
+
+def failure_signatures(err: float, dpo_skipped: str | None, flat: int, rs: Any) -> dict[str, Any]:
+    """The design's failure signatures for one cycle: ERR above err_reject, DPO set collapse, Overall flat."""
+    return {"err_spike": err > rs.err_reject, "dpo_collapse": bool(dpo_skipped and "collapse" in dpo_skipped),
+            "flat_cycles": flat, "flat_stop": flat >= rs.flat_cycles}
 
 
 @dataclass
@@ -543,7 +550,13 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
             from retrain.generate import load_adapter
 
             load_adapter(settings.upstream, policy_model, str(adapter_dir), api_key=settings.upstream_api_key)
-        if gains.update(ev.overall, rejected is not None):
+        stop = gains.update(ev.overall, rejected is not None)
+        sig = failure_signatures(ev.err, dpo_skipped, gains.flat, rs)
+        report.cycles[-1].signatures = sig
+        say(f"cycle {cycle}: failure signatures: ERR > {rs.err_reject:g}: {'yes' if sig['err_spike'] else 'no'}; "
+            f"DPO collapse: {'yes' if sig['dpo_collapse'] else 'no'}; flat cycles: {gains.flat}/{rs.flat_cycles}")
+        _write_partial(run_dir, report)
+        if stop:
             report.stop_reason = f"no gain for {gains.flat} cycles"
             break
     report.stop_reason = report.stop_reason or f"{len(report.cycles)} cycles done"

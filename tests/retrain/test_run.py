@@ -19,6 +19,7 @@ from retrain.run import (
     CycleRecord,
     GainTracker,
     dpo_skip_reason,
+    failure_signatures,
     reference_dpo_pairs,
     reject_reason,
     select_checkpoint,
@@ -42,6 +43,14 @@ def test_dpo_runs_in_cycle_one_and_stops_on_the_collapse_signature_later() -> No
     assert dpo_skip_reason(0, 0, rs, cycle=2) is not None
     assert dpo_skip_reason(30, 100, rs, cycle=2) is None
     assert dpo_skip_reason(90, 100, RetrainSettings(dpo_enabled=False), cycle=1) is not None
+
+
+def test_failure_signatures_per_cycle() -> None:
+    rs = RetrainSettings()
+    sig = failure_signatures(0.6, "DPO dataset collapse: 10 pairs < 30% of KTO set 100", 3, rs)
+    assert sig == {"err_spike": True, "dpo_collapse": True, "flat_cycles": 3, "flat_stop": True}
+    assert failure_signatures(0.1, "DPO set 2 < 8 pairs", 0, rs) == {"err_spike": False, "dpo_collapse": False,
+                                                                   "flat_cycles": 0, "flat_stop": False}
 
 
 def test_reference_pairs_put_the_known_good_reply_over_a_failed_own_reply() -> None:
