@@ -75,6 +75,25 @@ class CycleRecord:
     adapter_dir: str
     seconds: float
     signatures: dict[str, Any] = field(default_factory=dict)  # the design's three failure signatures
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the cycle
+
+
+class PhaseClock:
+    """Seconds spent in each named phase: `with clock("kto"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._name, self._t0 = "", 0.0
+
+    def __call__(self, name: str) -> PhaseClock:
+        self._name = name
+        return self
+
+    def __enter__(self) -> None:
+        self._t0 = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds[self._name] = round(self.seconds.get(self._name, 0.0) + time.monotonic() - self._t0, 1)
 
 
 def failure_signatures(err: float, dpo_skipped: str | None, flat: int, rs: Any) -> dict[str, Any]:
@@ -482,10 +501,12 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
     train_items = [*data.harmful_pool, *data.benign_pool, *data.borderline]
     references = references_of(settings, data.excluded)
     for cycle in range(1, n_cycles + 1):
-        tc = time.monotonic()
+        tc, clock = time.monotonic(), PhaseClock()
         cdir = run_dir / f"cycle-{cycle}"
         say(f"cycle {cycle}/{n_cycles}: policy replies on {len(train_items)} seed prompts ({policy_model})")
-        replies = asyncio.run(policy_replies(settings, policy_model, train_items, judge, rs.max_completion_tokens))
+        with clock("policy_replies"):
+            replies = asyncio.run(policy_replies(settings, policy_model, train_items, judge,
+                                                 rs.max_completion_tokens))
         examples, dreport = build_kto_set(traffic, data.harmful_pool + data.benign_pool,
                                           {k: v[0] for k, v in replies.items()}, excluded=data.excluded,
                                           seed_harmful=len(data.harmful_pool), seed_benign=len(data.benign_pool),
@@ -493,7 +514,8 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
                                           rng_seed=rs.seed + cycle, policy_scores={k: v[1] for k, v in replies.items()})
         failures = [t for t in traffic if t.score < 1.0]
         say(f"cycle {cycle}: DPO candidates: {len(failures)} traffic failures")
-        pairs = asyncio.run(build_dpo_pairs(settings, judge, failures, dreport, references))
+        with clock("dpo_pairs"):
+            pairs = asyncio.run(build_dpo_pairs(settings, judge, failures, dreport, references))
         seen = {normalize_prompt(p.prompt) for p in pairs}
         pairs += [p for p in reference_dpo_pairs(train_items, replies, rs.max_completion_words)
                   if normalize_prompt(p.prompt) not in seen][: rs.max_seed_dpo_pairs]
@@ -508,12 +530,15 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
         from retrain.train import train_dpo, train_kto
 
         say(f"cycle {cycle}: KTO on {len(examples)} examples (lr {rs.kto_learning_rate})")
-        kto = train_kto(base_model_dir, examples, cdir / "kto", rs, init_adapter=prev_adapter,
-                        log_path=run_dir / "train_log.jsonl", max_steps=max_steps, progress=progress)
+        with clock("kto"):
+            kto = train_kto(base_model_dir, examples, cdir / "kto", rs, init_adapter=prev_adapter,
+                            log_path=run_dir / "train_log.jsonl", max_steps=max_steps, progress=progress)
         adapter_dir = Path(kto.adapter_dir)
         if report.vllm_peft_check is None:
-            report.vllm_peft_check = _check_served(settings, base_model_dir, adapter_dir, data.validation, say)
-        ev = _validate(settings, f"run{rid}-c{cycle}-kto", adapter_dir, data.validation, judge, say)
+            with clock("served_check"):
+                report.vllm_peft_check = _check_served(settings, base_model_dir, adapter_dir, data.validation, say)
+        with clock("validate_kto"):
+            ev = _validate(settings, f"run{rid}-c{cycle}-kto", adapter_dir, data.validation, judge, say)
         kto_summary = {**_eval_dict(ev), "vs_base": asdict(compare_to_base(ev, base_eval, seed=rs.seed,
                                                                            alpha=settings.monitor.alpha))}
         dpo_info: dict[str, Any] | None = None
@@ -522,9 +547,12 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
             say(f"cycle {cycle}: skip DPO: {dpo_skipped}")
         else:
             say(f"cycle {cycle}: DPO on {len(pairs)} pairs (lr {rs.dpo_learning_rate})")
-            dpo = train_dpo(base_model_dir, pairs, cdir / "dpo", rs, init_adapter=adapter_dir,
-                            log_path=run_dir / "train_log.jsonl", max_steps=max_steps, progress=progress)
-            dpo_ev = _validate(settings, f"run{rid}-c{cycle}-dpo", Path(dpo.adapter_dir), data.validation, judge, say)
+            with clock("dpo"):
+                dpo = train_dpo(base_model_dir, pairs, cdir / "dpo", rs, init_adapter=adapter_dir,
+                                log_path=run_dir / "train_log.jsonl", max_steps=max_steps, progress=progress)
+            with clock("validate_dpo"):
+                dpo_ev = _validate(settings, f"run{rid}-c{cycle}-dpo", Path(dpo.adapter_dir), data.validation,
+                                   judge, say)
             vs_kto = compare_to_base(dpo_ev, ev, alpha=settings.monitor.alpha, seed=rs.seed)
             kept = vs_kto.gain >= 0
             dpo_info = {"steps": dpo.steps, "seconds": round(dpo.seconds, 1), "examples": dpo.examples,
@@ -552,7 +580,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
             load_adapter(settings.upstream, policy_model, str(adapter_dir), api_key=settings.upstream_api_key)
         stop = gains.update(ev.overall, rejected is not None)
         sig = failure_signatures(ev.err, dpo_skipped, gains.flat, rs)
-        report.cycles[-1].signatures = sig
+        report.cycles[-1].signatures, report.cycles[-1].phases = sig, clock.seconds
         say(f"cycle {cycle}: failure signatures: ERR > {rs.err_reject:g}: {'yes' if sig['err_spike'] else 'no'}; "
             f"DPO collapse: {'yes' if sig['dpo_collapse'] else 'no'}; flat cycles: {gains.flat}/{rs.flat_cycles}")
         _write_partial(run_dir, report)

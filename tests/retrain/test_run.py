@@ -196,3 +196,16 @@ def test_a_killed_run_leaves_serving_untouched_and_the_registry_consistent(setti
     stable = registry.get_adapter(engine, "m-safety-v1")  # type: ignore[arg-type]
     assert stable is not None and stable.status == "stable"
     assert [a.name for a in registry.list_adapters(engine)] == ["m-safety-v1"]  # type: ignore[arg-type]
+
+
+def test_phase_clock_adds_up_each_phase() -> None:
+    from retrain.run import PhaseClock
+
+    clock = PhaseClock()
+    with clock("kto"):
+        time.sleep(0.05)
+    with clock("kto"):
+        time.sleep(0.05)
+    with clock("dpo"):
+        pass
+    assert set(clock.seconds) == {"kto", "dpo"} and clock.seconds["kto"] >= 0.1 and clock.seconds["dpo"] < 0.05
