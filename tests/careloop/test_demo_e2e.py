@@ -62,6 +62,9 @@ def test_demo_closes_the_loop(settings: Settings, embedded_model_dir: Path, dist
     assert len(starts) == 1 and starts[0].figures  # one trigger, with the window's figures
     assert len(runs) == 1 and runs[0].status == "succeeded", (runs[0].status, runs[0].error)
     adapter = runs[0].adapter_name
+    cycle = runs[0].report["cycles"][0]
+    assert cycle["dpo"] is not None, cycle["dpo_skipped"]  # the loop's cycle is KTO → DPO, not KTO alone
+    assert runs[0].report["vllm_peft_check"]["ok"] and cycle["signatures"] and cycle["phases"]["kto"] > 0
     assert adapter == f"{settings.base_model}-safety-v1"
     actions = [(e.adapter, e.action) for e in events]
     assert (adapter, "register") in actions and (adapter, "canary") in actions
