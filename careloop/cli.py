@@ -116,6 +116,7 @@ def up(
 
 def _register_subcommands() -> None:
     """Attach the monitor's and retrain's commands (their modules import heavy code lazily)."""
+    from careloop.console.cli import register as register_console
     from careloop.demo import register as register_demo
     from monitor.cli import register as register_monitor
     from retrain.cli import register as register_retrain
@@ -123,6 +124,7 @@ def _register_subcommands() -> None:
     register_monitor(app)
     register_retrain(app)
     register_demo(app)
+    register_console(app)
 
 
 _register_subcommands()
