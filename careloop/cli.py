@@ -105,7 +105,7 @@ def up(
     port: Annotated[int | None, typer.Option(help="Gateway port.")] = None,
     no_monitor: Annotated[bool, typer.Option("--no-monitor", help="Serve only; judge nothing.")] = False,
 ) -> None:
-    """The whole loop on one machine: vLLM on CPU with the embedded model, gateway, monitor, SQLite."""
+    """The whole loop on one machine: vLLM on CPU with the embedded model, gateway, monitor, console, SQLite."""
     from careloop.stack import run_stack
 
     settings = settings_from_cli()

@@ -257,7 +257,12 @@ class Console:
     def review(self, request: Request, who: Principal) -> Response:
         """The next exchange to label, with the judges' verdicts and the keyboard's keys."""
         skip = frozenset(s for s in request.query_params.get("skip", "").split(",") if s)
-        entry = sampling.next_for(self.engine, self.cfg, self.settings.monitor.reference_judge, who.name, skip)
+        if "exchange" in request.query_params:  # one exchange by id (to look again, or correct a label)
+            entry = sampling.entry_for(self.engine, request.query_params["exchange"])
+            if entry is None:
+                raise Denied(404, "no such exchange", "not_found")
+        else:
+            entry = sampling.next_for(self.engine, self.cfg, self.settings.monitor.reference_judge, who.name, skip)
         return self.render("review.html", who, entry=entry, skip=",".join(sorted(skip)),
                            counts=sampling.sample_counts(self.engine),
                            people=agreement.people_agreement(self.engine), can_label=who.user.can("reviewer"))

@@ -139,6 +139,16 @@ def next_for(engine: Engine, cfg: ConsoleSettings, reference_judge: str, reviewe
     return QueueEntry(item, kind, second, dict(Counter(k for _, k, _ in open_items)))
 
 
+def entry_for(engine: Engine, exchange_id: str) -> QueueEntry | None:
+    """One exchange as a queue entry, labelled or not (to look at it again, or to correct a label)."""
+    item = _item(engine, exchange_id)
+    if item is None:
+        return None
+    with Session(engine) as session:
+        sample = session.get(ReviewSample, exchange_id)
+    return QueueEntry(item, sample.kind if sample is not None else "other", False)
+
+
 def label(engine: Engine, reviewer: str, exchange_id: str, harm_level: object, response_class: object,
           note: str | None = None) -> ReviewLabel:
     """Store `reviewer`'s label; the exchange's first label is also its `human` verdict (monitor.review)."""
