@@ -32,7 +32,6 @@ from service import registry
 from service.audit_trail import entries
 from service.migrations import upgrade
 from service.schema import Exchange, ReviewSample, TriggerEvent, Verdict, utcnow
-from service.settings import Settings
 from service.store import make_engine, session_scope
 from tests.careloop.console.conftest import PASSWORD, XSS_REPLY, seed_registry, seed_traffic
 from tests.conftest import free_port
