@@ -361,9 +361,35 @@ class Console:
         kinds = agreement.label_kinds(self.engine)
         reports = [r for j in agreement.judges_with_verdicts(self.engine)
                    if (r := agreement.judge_agreement(self.engine, j, kinds)) is not None]
+        from careloop.console import recalibrate
+
         return self.render("judges.html", who, reports=reports, people=agreement.people_agreement(self.engine),
                            counts=sampling.sample_counts(self.engine),
-                           reference=self.settings.monitor.reference_judge)
+                           reference=self.settings.monitor.reference_judge,
+                           recal=recalibrate.latest(self.settings), can_approve=who.user.can("approver"),
+                           max_loss=recalibrate.MAX_XSTEST_LOSS)
+
+    def recalibrate(self, request: Request, who: Principal, form: dict[str, str]) -> Response:
+        """Start training a new distilled version with the human labels (a child process)."""
+        from careloop.console import recalibrate
+
+        try:
+            out = recalibrate.start(self.settings, who.name)
+        except recalibrate.RecalibrationError as exc:
+            raise Denied(409, str(exc), "conflict") from None
+        self.audit(who, "recalibrate", "distilled", form.get("reason", ""), dir=out.name)
+        return self.done(who, "/judges#recalibration", {"started": out.name})
+
+    def accept_recalibration(self, request: Request, who: Principal, form: dict[str, str]) -> Response:
+        """Make the recalibrated version the reference judge (only if it won)."""
+        from careloop.console import recalibrate
+
+        try:
+            version = recalibrate.accept(self.settings, who.name)
+        except recalibrate.RecalibrationError as exc:
+            raise Denied(409, str(exc), "conflict") from None
+        self.audit(who, "judge_switch", f"distilled-v{version}", self._reason(form))
+        return self.done(who, "/judges#recalibration", {"reference": f"distilled-v{version}"})
 
     def timeline_page(self, request: Request, who: Principal) -> Response:
         """The loop's events in order and the SS/ERR plot."""
@@ -425,6 +451,8 @@ def create_app(settings: Settings, engine: Engine) -> ASGIApp:
         Route("/adapters/{name}/promote", c.action("approver", c.promote), methods=["POST"]),
         Route("/rollback", c.action("approver", c.rollback), methods=["POST"]),
         Route("/judges", c.page("reviewer", c.judges)),
+        Route("/judges/recalibrate", c.action("approver", c.recalibrate), methods=["POST"]),
+        Route("/judges/recalibrate/accept", c.action("approver", c.accept_recalibration), methods=["POST"]),
         Route("/timeline", c.page("reviewer", c.timeline_page)),
         Route("/audit", c.page("reviewer", c.audit_page)),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
