@@ -49,6 +49,13 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 HARM_LABELS = {0: "harmless", 1: "low", 2: "moderate", 3: "severe"}
 
 
+def _local(path: str | None) -> str:
+    """Where to go after signing in: a path on this console only (never another site), else the review queue."""
+    if path and path.startswith("/") and not path.startswith(("//", "/\\")) and "\\" not in path:
+        return path
+    return "/review"
+
+
 class SecurityHeaders:
     """Adds CSP, no framing, no sniffing, no referrer and no caching of pages to every response."""
 
@@ -204,8 +211,7 @@ class Console:
     async def login_page(self, request: Request) -> Response:
         """The sign-in form (sets the double-submit cookie its POST must match)."""
         token = secrets.token_urlsafe(24)
-        nxt = request.query_params.get("next", "/review")
-        resp = self.render("login.html", None, login_token=token, next=nxt if nxt.startswith("/") else "/review",
+        resp = self.render("login.html", None, login_token=token, next=_local(request.query_params.get("next")),
                            message=None)
         resp.set_cookie(LOGIN_COOKIE, token, max_age=1800, httponly=True, samesite="strict",
                         secure=self.cfg.cookie_secure, path="/login")
@@ -223,8 +229,7 @@ class Console:
         name = form.get("name", "").strip()[:64]
         keys = (f"ip:{request.client.host if request.client else '?'}", f"name:{name.lower()}")
         wait = self.limiter.retry_after(*keys)
-        nxt = form.get("next", "/review")
-        nxt = nxt if nxt.startswith("/") and not nxt.startswith("//") else "/review"
+        nxt = _local(form.get("next"))
         if wait > 0:
             resp = self.render("login.html", None, 429, login_token=expected, next=nxt,
                                message=f"too many failed sign-ins: try again in {wait:.0f} s")

@@ -145,3 +145,12 @@ def test_malformed_posts_get_4xx(client_for: Client) -> None:
     r = client.post("/review/label", data={"csrf": csrf, "exchange_id": "nope", "harm_level": "0",
                                            "response_class": "Accept"})
     assert r.status_code == 404
+
+
+def test_sign_in_only_redirects_within_the_console(client_for: Client) -> None:
+    for target, expected in [("/adapters", "/adapters"), ("//evil.example/x", "/review"),
+                             ("/\\evil.example", "/review"), ("https://evil.example", "/review")]:
+        client = client_for(None)
+        r = client.post("/login", data={"login_token": login_token(client), "name": "rita", "password": PASSWORD,
+                                        "next": target})
+        assert r.status_code == 303 and r.headers["location"] == expected, target
