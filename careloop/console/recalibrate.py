@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.datasets import LabelledExample
-from monitor.judges.distilled import REFERENCE_PIN, artefact_versions, pinned_version
+from monitor.judges.distilled import REFERENCE_PIN, DistilledConfig, artefact_versions, pinned_version
 from service.schema import utcnow
 from service.settings import Settings
 
@@ -104,8 +104,12 @@ def _kappa(version: int, settings: Settings, examples: Sequence[LabelledExample]
     return asyncio.run(audit(judge, examples, "recalibration")).kappa
 
 
-def run(settings: Settings, out: Path) -> Result:
-    """Train on the held-in human labels, audit old and new, write result.json (the child process's work)."""
+def run(settings: Settings, out: Path, cfg: DistilledConfig | None = None, xstest_limit: int | None = None) -> Result:
+    """Train on the held-in human labels, audit old and new, write result.json (the child process's work).
+
+    `cfg` is the distilled judge's training config (default: the production one); `xstest_limit` audits on a
+    fixed sample of XSTest instead of all of it (tests).
+    """
     from monitor.datasets import load_named
     from monitor.judges.distilled import train_distilled
     from monitor.review import human_examples
@@ -123,8 +127,10 @@ def run(settings: Settings, out: Path) -> Result:
     old = reference_version(settings.judges_dir)
     if old is not None:
         pin(settings.judges_dir, old, "recalibration (keeps the reference while the new version waits)")
-    report = train_distilled(settings, extra=train)
+    report = train_distilled(settings, cfg, extra=train)
     xstest = load_named("xstest", settings.data_dir)
+    if xstest_limit is not None:
+        xstest = [e for e in xstest if e.response and e.response_class][:: max(1, len(xstest) // xstest_limit)]
     human_old = _kappa(old, settings, heldout) if old is not None else None
     xs_old = _kappa(old, settings, xstest) if old is not None else None
     human_new, xs_new = _kappa(report.version, settings, heldout), _kappa(report.version, settings, xstest)

@@ -127,3 +127,38 @@ def settings_engine(settings: Settings):  # type: ignore[no-untyped-def]
     from service.store import make_engine
 
     return make_engine(settings.database_url or "")
+
+
+@pytest.mark.slow
+def test_a_real_recalibration_compares_old_and_new_and_keeps_the_old_reference(settings: Settings) -> None:
+    """Two small trainings (a baseline, then one with the human labels): about 3 minutes on 2 cores."""
+    from monitor.judges.distilled import DistilledJudge, train_distilled
+    from monitor.review import record_human_verdict
+    from service.migrations import upgrade
+    from service.schema import Exchange
+    from service.store import make_engine, session_scope
+    from tests.monitor.test_judges_distilled import TINY
+
+    upgrade(settings.database_url or "")
+    engine = make_engine(settings.database_url or "")
+    rows = [json.loads(line) for line in (settings.data_dir / "smollm2" / "labelled.jsonl").read_text().splitlines()]
+    rows = rows[::2]  # the served model's own labelled replies stand in for people's labels
+    with session_scope(engine) as s:
+        for r in rows:
+            s.add(Exchange(id=r["id"], target="smollm2-135m", sampled=True, response_text=r["response"],
+                           request_messages=[{"role": "user", "content": r["prompt"]}]))
+    for r in rows:
+        record_human_verdict(engine, r["id"], r["harm_level"], r["response_class"], "labelled.jsonl")
+    assert train_distilled(settings, TINY).version == 1  # the reference before
+    out = recalibrate.recalibration_dir(settings) / "t"
+    out.mkdir(parents=True)
+    result = recalibrate.run(settings, out, TINY, xstest_limit=150)
+    assert (result.old_version, result.new_version) == (1, 2)
+    assert result.n_train + result.n_heldout == len(rows) and result.n_heldout >= recalibrate.MIN_HELDOUT
+    for k in (result.human_old, result.human_new, result.xstest_old, result.xstest_new):
+        assert k is not None and -1.0 <= k <= 1.0
+    assert result.wins is recalibrate.decide(result.human_old, result.human_new, result.xstest_old,
+                                             result.xstest_new)[0]
+    assert json.loads((out / "result.json").read_text())["new_version"] == 2
+    # Not accepted yet: the reference stays v1 though v2 is newer.
+    assert DistilledJudge.from_settings(settings, train_if_missing=False).version == "v1"
