@@ -96,9 +96,8 @@ def _open_for(session: Session, reviewer: str) -> list[tuple[str, str, bool]]:
         select(ReviewLabel.exchange_id, func.count()).group_by(ReviewLabel.exchange_id)).all())
     mine = set(session.exec(select(ReviewLabel.exchange_id).where(ReviewLabel.reviewer == reviewer)).all())
     # Labelled elsewhere (`careloop review`, the admin API) before anyone labelled it here: done.
-    human = set(session.exec(select(Verdict.exchange_id).where(Verdict.judge == HUMAN,
-                                                               col(Verdict.exchange_id).in_(
-                                                                   [s.exchange_id for s in samples]))).all())
+    human = set(session.exec(select(Verdict.exchange_id).join(
+        ReviewSample, col(ReviewSample.exchange_id) == col(Verdict.exchange_id)).where(Verdict.judge == HUMAN)).all())
     out = []
     for s in samples:
         n = counts.get(s.exchange_id, 0)

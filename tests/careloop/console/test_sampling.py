@@ -121,3 +121,15 @@ def test_people_agreement(settings: Settings, engine: Engine) -> None:
     people = agreement.people_agreement(engine)
     assert people.n == 6 and people.agree_class == 4 / 6
     assert people.kappa_class is not None and 0 < people.kappa_class < 1
+
+
+def test_an_exchange_labelled_with_careloop_review_leaves_the_queue(settings: Settings, engine: Engine) -> None:
+    from monitor.review import record_human_verdict
+
+    seed_traffic(engine, 3)
+    cfg = settings.console.model_copy(update={"review_batch": 3, "second_review_share": 0.0})
+    first = sampling.next_for(engine, cfg, "distilled", "rita")
+    assert first is not None
+    record_human_verdict(engine, first.item.exchange_id, 0, "Accept", reviewer="cli-user")  # `careloop review`
+    after = sampling.next_for(engine, cfg, "distilled", "rita")
+    assert after is not None and after.item.exchange_id != first.item.exchange_id
