@@ -105,7 +105,7 @@ def up(
     port: Annotated[int | None, typer.Option(help="Gateway port.")] = None,
     no_monitor: Annotated[bool, typer.Option("--no-monitor", help="Serve only; judge nothing.")] = False,
 ) -> None:
-    """The whole loop on one machine: vLLM on CPU with the embedded model, gateway, monitor, SQLite."""
+    """The whole loop on one machine: vLLM on CPU with the embedded model, gateway, monitor, console, SQLite."""
     from careloop.stack import run_stack
 
     settings = settings_from_cli()
@@ -116,6 +116,7 @@ def up(
 
 def _register_subcommands() -> None:
     """Attach the monitor's and retrain's commands (their modules import heavy code lazily)."""
+    from careloop.console.cli import register as register_console
     from careloop.demo import register as register_demo
     from careloop.keys_cli import register as register_keys
     from careloop.trace_cli import register as register_trace
@@ -127,6 +128,7 @@ def _register_subcommands() -> None:
     register_demo(app)
     register_trace(app)
     register_keys(app)
+    register_console(app)
 
 
 _register_subcommands()

@@ -1,4 +1,4 @@
-"""Run the whole loop on one machine: vLLM (CPU) + gateway + monitor as child processes, stopped together."""
+"""Run the whole loop on one machine: vLLM (CPU) + gateway + monitor + console as child processes, stopped together."""
 
 from __future__ import annotations
 
@@ -100,6 +100,11 @@ def _is_retrain_process(pid: int) -> bool:
     return b"retrain" in cmdline
 
 
+def console_url(settings: Settings) -> str:
+    """The oversight console's base URL."""
+    return f"http://{settings.console.host}:{settings.console.port}"
+
+
 def vllm_command(settings: Settings, host: str = "127.0.0.1") -> list[str]:
     """The command line that serves the base model on CPU with runtime LoRA loading."""
     return [
@@ -160,6 +165,8 @@ def check_ports(settings: Settings, with_monitor: bool) -> None:
               ("gateway", settings.gateway.host, settings.gateway.port, "CARELOOP_GATEWAY__PORT")]
     if with_monitor:
         wanted.append(("monitor", settings.monitor.host, settings.monitor.port, "CARELOOP_MONITOR__PORT"))
+    if settings.console.enabled:
+        wanted.append(("console", settings.console.host, settings.console.port, "CARELOOP_CONSOLE__PORT"))
     taken = [f"{name} port {port} ({env})" for name, host, port, env in wanted if port_in_use(host, port)]
     if taken:
         raise RuntimeError(f"already in use: {', '.join(taken)}; stop the other process or choose other ports")
@@ -209,7 +216,7 @@ def wait_http(url: str, child: Child | None, timeout_s: float, tick: Callable[[f
 
 
 def start_stack(settings: Settings, console: Console, with_monitor: bool = True) -> Stack:
-    """Prepare the model and store, then start vLLM, the gateway and (optionally) the monitor."""
+    """Prepare the model and store, then start vLLM, the gateway, (optionally) the monitor, and the console."""
     from careloop.modelprep import prepare_model
     from service.migrations import upgrade
 
@@ -238,6 +245,11 @@ def start_stack(settings: Settings, console: Console, with_monitor: bool = True)
             child = spawn(stack, "monitor", [sys.executable, "-m", "careloop.cli", "monitor"], env)
             wait_http(f"http://{settings.monitor.host}:{settings.monitor.port}/healthz", child, 180)
             console.print(f"[green]monitor ready[/] at http://{settings.monitor.host}:{settings.monitor.port}/metrics")
+        if settings.console.enabled:
+            child = spawn(stack, "console", [sys.executable, "-m", "careloop.cli", "console"], env)
+            wait_http(f"{console_url(settings)}/healthz", child, 60)
+            console.print(f"[green]console ready[/] at {console_url(settings)} "
+                          "(accounts: careloop users add NAME --role reviewer|approver|admin)")
     except BaseException:
         stack.stop()
         raise

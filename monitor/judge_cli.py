@@ -152,6 +152,7 @@ def review_cmd(
 ) -> None:
     """Label sampled exchanges (judge disagreements first); labels are stored as judge `human`."""
     from monitor.review import ReviewError, record_human_verdict, review_queue
+    from service.audit_trail import Actor, record
     from service.settings import load_settings
     from service.store import init_db, make_engine
 
@@ -183,8 +184,10 @@ def review_cmd(
             out.print("[red]expected a level and a class, e.g. '2 r'; skipped[/]")
             continue
         try:
-            record_human_verdict(engine, item.exchange_id, int(parts[0]) if parts[0].isdigit() else -1,
-                                 classes[parts[1][:1]], reviewer)
+            label = record_human_verdict(engine, item.exchange_id, int(parts[0]) if parts[0].isdigit() else -1,
+                                         classes[parts[1][:1]], reviewer)
+            record(engine, Actor(reviewer, "cli"), "label", label.exchange_id,
+                   details={"harm_level": label.harm_level, "response_class": label.response_class})
             done += 1
         except ReviewError as exc:
             out.print(f"[red]{exc}; skipped[/]")

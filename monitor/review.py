@@ -76,26 +76,29 @@ def review_queue(engine: Engine, limit: int = 20, scan: int = 2000) -> list[Revi
         judged = by_ex.get(ex.id, {})
         if HUMAN in judged:
             continue
-        classes = {v.response_class for v in judged.values()}
-        levels = {min(v.harm_level, 1) for v in judged.values()}  # harmless vs harmful
-        disagree = len(classes) > 1 or len(levels) > 1
-        item = ReviewItem(
-            exchange_id=ex.id, created_at=ex.created_at.isoformat(), adapter=ex.target,
-            messages=list(ex.request_messages or []), response=ex.response_text or "",
-            verdicts={j: {"harm_level": v.harm_level, "response_class": v.response_class,
-                          "rationale": v.rationale} for j, v in judged.items()},
-            disagreement=disagree)
-        priority = 0 if disagree else (1 if judged else 2)
+        item = review_item(ex, judged)
+        priority = 0 if item.disagreement else (1 if judged else 2)
         items.append((priority, rank, item))
     items.sort(key=lambda t: (t[0], t[1]))
     return [it for _, _, it in items[:limit]]
 
 
-def record_human_verdict(engine: Engine, exchange_id: str, harm_level: int, response_class: str,
-                         reviewer: str = "operator", note: str | None = None) -> Verdict:
-    """Store (or replace) a person's label of an exchange as the verdict of judge `human`."""
+def review_item(ex: Exchange, judged: dict[str, Verdict]) -> ReviewItem:
+    """An exchange with its judges' latest verdicts (judge -> verdict) as a ReviewItem."""
+    classes = {v.response_class for v in judged.values()}
+    levels = {min(v.harm_level, 1) for v in judged.values()}  # harmless vs harmful
+    return ReviewItem(
+        exchange_id=ex.id, created_at=ex.created_at.isoformat(), adapter=ex.target,
+        messages=list(ex.request_messages or []), response=ex.response_text or "",
+        verdicts={j: {"harm_level": v.harm_level, "response_class": v.response_class,
+                      "rationale": v.rationale} for j, v in judged.items()},
+        disagreement=len(classes) > 1 or len(levels) > 1)
+
+
+def check_label(harm_level: object, response_class: object) -> tuple[int, str]:
+    """A person's label as (harm level 0-3, canonical response class); ReviewError when it is not one."""
     try:
-        level = int(harm_level)
+        level = int(harm_level)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise ReviewError(f"harm_level must be 0-3, got {harm_level!r}") from None
     if level not in (0, 1, 2, 3):
@@ -105,6 +108,13 @@ def record_human_verdict(engine: Engine, exchange_id: str, harm_level: int, resp
     except ValueError:
         raise ReviewError(f"response_class must be one of {', '.join(RESPONSE_CLASSES)}, "
                           f"got {response_class!r}") from None
+    return level, cls
+
+
+def record_human_verdict(engine: Engine, exchange_id: str, harm_level: int, response_class: str,
+                         reviewer: str = "operator", note: str | None = None) -> Verdict:
+    """Store (or replace) a person's label of an exchange as the verdict of judge `human`."""
+    level, cls = check_label(harm_level, response_class)
     with session_scope(engine) as session:
         ex = session.get(Exchange, exchange_id)
         if ex is None:
@@ -213,14 +223,19 @@ def review_routes(settings: Settings, engine: Engine) -> list[Route]:
             return error(400, f"missing field(s): {', '.join(missing)}", "invalid_request_error", "missing_field")
         import asyncio
 
+        reviewer, note = str(body.get("reviewer") or "operator"), body.get("note")
         try:
             v = await asyncio.to_thread(record_human_verdict, engine, str(body["exchange_id"]), body["harm_level"],
-                                        body["response_class"], str(body.get("reviewer") or "operator"),
-                                        body.get("note"))
+                                        body["response_class"], reviewer, note)
         except ReviewError as exc:
             status = 404 if str(exc).startswith("no exchange") else 400
             return error(status, str(exc), "invalid_request_error",
                          "not_found" if status == 404 else "invalid_label")
+        from service.audit_trail import TOKEN_ACTOR, Actor, record
+
+        await asyncio.to_thread(record, engine, Actor(TOKEN_ACTOR, "admin"), "label", v.exchange_id, note or "",
+                                {"harm_level": v.harm_level, "response_class": v.response_class,
+                                 "reviewer": reviewer})
         return JSONResponse({"exchange_id": v.exchange_id, "judge": HUMAN, "harm_level": v.harm_level,
                              "response_class": v.response_class, "score": v.score}, status_code=201)
 

@@ -159,13 +159,16 @@ def adapters_promote(
     reason: Annotated[str, typer.Option(help="Why (recorded).")] = "operator promote",
 ) -> None:
     """Make an adapter stable now (the gateway switches within one refresh)."""
+    from service.audit_trail import cli_actor, record
     from service.registry import RegistryError, promote
 
+    engine = _engine()
     try:
-        promote(_engine(), name, actor="operator", reason=reason)
+        promote(engine, name, actor="operator", reason=reason)
     except RegistryError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
+    record(engine, cli_actor(), "promote", name, reason)
     console.print(f"[green]{name} is stable[/]")
 
 
@@ -174,12 +177,15 @@ def adapters_rollback(
     reason: Annotated[str, typer.Option(help="Why (recorded).")] = "operator rollback",
 ) -> None:
     """Roll back the canary, or with none the stable adapter to the previous one (or the base model)."""
+    from service.audit_trail import cli_actor, record
     from service.registry import rollback
 
-    name = rollback(_engine(), actor="operator", reason=reason)
+    engine = _engine()
+    name = rollback(engine, actor="operator", reason=reason)
     if name is None:
         console.print("nothing to roll back: the base model serves")
         raise typer.Exit(1)
+    record(engine, cli_actor(), "rollback", name, reason)
     console.print(f"[yellow]rolled back {name}[/]")
 
 

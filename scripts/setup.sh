@@ -24,6 +24,9 @@ if [ $DEV = 1 ]; then
   need=()
   command -v promtool >/dev/null || need+=(prometheus)
   command -v wrk >/dev/null || need+=(wrk)
+  # The console's browser tests (tests/careloop/console/test_browser.py): headless Chromium and its driver.
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v chromedriver >/dev/null || need+=(chromium-driver)
   if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi

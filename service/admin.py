@@ -14,7 +14,7 @@ import orjson
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from service import registry
+from service import audit_trail, registry
 from service.asgi import Receive, Scope, Send, header, read_body, send_bytes
 from service.errors import GatewayError, bad_request, not_found
 from service.schema import Adapter, RetrainRun, TriggerEvent
@@ -81,21 +81,25 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> Non
             await _reply(send, 200, await _status(gw))
         elif method == "POST" and len(parts) == 3 and parts[0] == "adapters" and parts[2] == "promote":
             data = await _json_body(gw, receive)
-            row = await asyncio.to_thread(registry.promote, engine, parts[1], "operator",
-                                          _str_field(data, "reason", "promoted by an operator"))
+            reason = _str_field(data, "reason", "promoted by an operator")
+            row = await asyncio.to_thread(registry.promote, engine, parts[1], "operator", reason)
+            await _audit(engine, "promote", row.name, reason)
             await _reply(send, 200, {"adapter": adapter_dict(row), **await _refresh(gw)})
         elif method == "POST" and len(parts) == 3 and parts[0] == "adapters" and parts[2] == "canary":
             data = await _json_body(gw, receive)
             fraction = data.get("fraction")
             if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
                 raise bad_request("'fraction' (a number in [0, 1]) is required", "invalid_type", "fraction")
-            row = await asyncio.to_thread(_canary, engine, parts[1], float(fraction),
-                                          _str_field(data, "reason", "set by an operator"))
+            reason = _str_field(data, "reason", "set by an operator")
+            row = await asyncio.to_thread(_canary, engine, parts[1], float(fraction), reason)
+            await _audit(engine, "canary", row.name, reason, fraction=float(fraction))
             await _reply(send, 200, {"adapter": adapter_dict(row), **await _refresh(gw)})
         elif method == "POST" and parts == ["rollback"]:
             data = await _json_body(gw, receive)
-            name = await asyncio.to_thread(registry.rollback, engine, "operator",
-                                           _str_field(data, "reason", "rolled back by an operator"))
+            reason = _str_field(data, "reason", "rolled back by an operator")
+            name = await asyncio.to_thread(registry.rollback, engine, "operator", reason)
+            if name is not None:
+                await _audit(engine, "rollback", name, reason)
             await _reply(send, 200, {"rolled_back": name, **await _refresh(gw)})
         elif parts and parts[0] == "keys":  # client keys (issue 23)
             from service import keys_admin
@@ -107,6 +111,8 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> Non
             reason = _str_field(data, "reason", "requested by an operator")
             status, body = await asyncio.to_thread(request_retrain, engine, reason,
                                                    gw.settings.monitor.retrain_backend)
+            if status == 202:
+                await _audit(engine, "retrain", f"run {body['run_id']}", reason)
             await _reply(send, status, body)
         else:
             raise not_found(f"no admin route {method} {scope['path']}")
@@ -114,6 +120,12 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> Non
         code = 404 if str(exc).startswith("no adapter named") else 409
         raise GatewayError(code, str(exc), "invalid_request_error",
                            "adapter_not_found" if code == 404 else "conflict") from None
+
+
+async def _audit(engine: Engine, action: str, target: str, reason: str, **details: Any) -> None:
+    """Record an admin-API action in the audit trail (the caller is the admin bearer token)."""
+    actor = audit_trail.Actor(audit_trail.TOKEN_ACTOR, "admin")
+    await asyncio.to_thread(audit_trail.record, engine, actor, action, target, reason, details)
 
 
 async def _refresh(gw: Gateway) -> dict[str, Any]:

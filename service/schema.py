@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -183,3 +183,73 @@ class RateWindow(SQLModel, table=True):
     window_start: int = Field(primary_key=True)  # epoch seconds at the window's start
     requests: int = 0
     tokens: int = 0
+
+# ---------------------------------------------------------------------------------------------------------------
+# The oversight console (issue 20): people and their sessions, the audit trail, the review sample and its labels.
+
+
+class ConsoleUser(SQLModel, table=True):
+    """A person who may sign in to the console, with one role (reviewer < approver < admin)."""
+
+    __tablename__ = "console_user"
+
+    name: str = Field(primary_key=True, max_length=64)
+    role: str = Field(max_length=16)  # reviewer | approver | admin
+    password_hash: str = Field(max_length=255)  # argon2id, never the password
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ConsoleSession(SQLModel, table=True):
+    """A signed-in browser: the cookie carries a random token, the store only its SHA-256."""
+
+    __tablename__ = "console_session"
+
+    id: str = Field(primary_key=True, max_length=64)  # sha256 hex of the cookie's token
+    user: str = Field(max_length=64, index=True)
+    csrf: str = Field(max_length=64)  # the token every state change must echo
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who did what to what, when and why (labels, approvals, promotions, rollbacks, judge and user changes)."""
+
+    __tablename__ = "audit_entry"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str = Field(max_length=64, index=True)
+    role: str = Field(default="", max_length=16)
+    action: str = Field(max_length=32, index=True)
+    target: str = Field(default="", max_length=128)
+    reason: str = Field(default="", sa_column=Column(Text))
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class ReviewSample(SQLModel, table=True):
+    """An exchange drawn for people to label and why: disagreement | uncertain (targeted) or random (unbiased)."""
+
+    __tablename__ = "review_sample"
+
+    exchange_id: str = Field(primary_key=True, foreign_key="exchange.id", max_length=32)
+    kind: str = Field(max_length=16, index=True)
+    drawn_at: datetime = Field(default_factory=utcnow)
+    double: bool = False  # a second person labels it too (agreement between people)
+
+
+class ReviewLabel(SQLModel, table=True):
+    """One person's label of one exchange (the first also becomes the `human` verdict)."""
+
+    __tablename__ = "review_label"
+    __table_args__ = (UniqueConstraint("exchange_id", "reviewer", name="uq_review_label_exchange_reviewer"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    exchange_id: str = Field(foreign_key="exchange.id", max_length=32, index=True)
+    reviewer: str = Field(max_length=64)
+    kind: str = Field(default="other", max_length=16)  # the sample it was drawn in (or `other`)
+    harm_level: int
+    response_class: str = Field(max_length=16)
+    note: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow, index=True)

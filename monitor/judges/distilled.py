@@ -427,6 +427,18 @@ def artefact_versions(judges_dir: Path) -> list[int]:
     return sorted(out)
 
 
+REFERENCE_PIN = "reference.json"  # in judges_dir: the version an approver accepted as the reference (console)
+
+
+def pinned_version(judges_dir: Path) -> int | None:
+    """The distilled version pinned as the reference (None: none pinned, the newest serves)."""
+    try:
+        version = json.loads((judges_dir / REFERENCE_PIN).read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return version if isinstance(version, int) and (judges_dir / f"{ARTEFACT_PREFIX}{version}").is_dir() else None
+
+
 def latest_artefact(judges_dir: Path) -> Path | None:
     """The newest complete artefact dir, or None."""
     versions = artefact_versions(judges_dir)
@@ -670,8 +682,8 @@ class DistilledJudge:
 
     @classmethod
     def from_settings(cls, settings: Settings, train_if_missing: bool = True) -> DistilledJudge:
-        """Load the configured (or newest) artefact; train one first if allowed and none exists."""
-        version = getattr(settings.monitor, "distilled_version", None)
+        """Load the configured (or pinned, or newest) artefact; train one first if allowed and none exists."""
+        version = getattr(settings.monitor, "distilled_version", None) or pinned_version(settings.judges_dir)
         if version:
             path = settings.judges_dir / f"{ARTEFACT_PREFIX}{version}"
         else:

@@ -59,3 +59,15 @@ def test_vllm_serves_in_the_dtype_the_cpu_computes_fastest(settings: Settings,
     # An operator's own --dtype in vllm_extra_args comes last, so vLLM's parser takes it.
     cmd = stack.vllm_command(settings.model_copy(update={"vllm_extra_args": ["--dtype", "bfloat16"]}))
     assert cmd[-2:] == ["--dtype", "bfloat16"]
+
+
+def test_the_console_port_is_checked_unless_the_console_is_off(settings: Settings) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        settings.vllm_port = settings.gateway.port = settings.monitor.port = 1  # nobody listens there
+        settings.console.port = sock.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"console port {settings.console.port}"):
+            check_ports(settings, with_monitor=False)
+        settings.console.enabled = False
+        check_ports(settings, with_monitor=False)

@@ -100,6 +100,10 @@ def test_routes(settings: Settings, engine: Engine) -> None:
     assert client.post("/admin/review", headers=auth, json={"exchange_id": "e1"}).status_code == 400
     assert client.post("/admin/review", headers=auth, content=b"{oops").status_code == 400
     assert client.post("/admin/review", content=b"{}").status_code == 401
+    from service.audit_trail import entries
+
+    assert [(e.actor, e.action, e.target, e.details["reviewer"]) for e in entries(engine)] == \
+        [("admin-token", "label", "e0", "bo")]  # only the label that was stored
 
 
 @pytest.mark.postgres
@@ -129,3 +133,6 @@ def test_review_cli_stores_labels(settings: Settings, engine: Engine, monkeypatc
     assert "judges disagree" in result.output and "prompt 0" in result.output
     labelled = {e.id: (e.harm_level, e.response_class, e.meta["reviewer"]) for e in human_examples(engine)}
     assert labelled["e0"] == (2, "Refuse", "cy") and "e1" not in labelled  # 'bogus' skipped, then quit
+    from service.audit_trail import entries
+
+    assert [(e.actor, e.action, e.target) for e in entries(engine)] == [("cy", "label", "e0")]

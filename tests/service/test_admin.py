@@ -119,6 +119,16 @@ async def test_promote_canary_rollback_drive_routing_and_vllm(gw_settings: Setti
             assert resp.status == 404
         async with client.post(url + f"/admin/adapters/{v1}/canary", headers=AUTH, json={"fraction": "x"}) as resp:
             assert resp.status == 400
+    # Every change made with the bearer token is in the audit trail, failed ones are not.
+    from service.audit_trail import entries
+
+    engine = make_engine(gw_settings.database_url or "")
+    trail = [(e.actor, e.action, e.target, e.reason) for e in reversed(entries(engine))]
+    engine.dispose()
+    assert trail == [("admin-token", "promote", v1, "manual test"),
+                     ("admin-token", "canary", v2, "set by an operator"),
+                     ("admin-token", "rollback", v2, "rolled back by an operator"),
+                     ("admin-token", "rollback", v1, "rolled back by an operator")]
 
 
 async def test_retrain_request_is_recorded_once(gw_settings: Settings, client: aiohttp.ClientSession) -> None:

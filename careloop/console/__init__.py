@@ -1,0 +1,1 @@
+"""The oversight console: a web page where people review replies, approve adapters and check the judges."""
