@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from service.metrics import GatewayMetrics
 from service.private_files import open_private, private_dir
 from service.quarantine import Quarantine, dumps_line, reason_of
-from service.redact import redact, redact_messages
+from service.redact import redact, redact_messages, redact_params
 from service.store import insert_exchanges
 from service.wal import Wal, orphans, read_segments
 
@@ -177,7 +177,10 @@ def build_row(record: Record) -> dict[str, Any]:
     if text is not None:
         text = redact(text[:MAX_TEXT])
     req = record.request
-    params = {k: v for k, v in req.items() if k not in _NOT_PARAMS}
+    params = redact_params({k: v for k, v in req.items() if k not in _NOT_PARAMS})
+    asked = req.get("model")
+    if record.target == "none" and isinstance(asked, str) and asked != record.public_model:
+        params["requested_model"] = redact(asked[:256])  # a rejected request's model name, redacted
     params["model"] = record.public_model
     sampled = record.sampled and record.status == 200 and bool(text)
     return {
