@@ -27,6 +27,7 @@ from service.settings import GatewaySettings
 
 _REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 _LINGER_S = 1.0
+_LINGER_BYTES = 256 << 10  # read and drop at most this much after refusing a request, then hang up
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ def guarded_protocol(limits: HeadLimits, metrics: GatewayMetrics | None = None) 
         _header_count = 0
         _refused: tuple[int, str, str] | None = None
         _discarding = False
+        _discarded = 0
         _timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -86,6 +88,9 @@ def guarded_protocol(limits: HeadLimits, metrics: GatewayMetrics | None = None) 
 
         def data_received(self, data: bytes) -> None:
             if self._discarding:
+                self._discarded += len(data)
+                if self._discarded > _LINGER_BYTES:
+                    self.transport.close()  # a flood: stop reading it
                 return
             if self._in_head:
                 room = head_cap - self._head_bytes
