@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import subprocess
 import sys
@@ -303,3 +304,142 @@ threading.Event().wait()
     # which says nothing about the gateway (a real attacker is on another machine).
     return subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", code], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+
+class Forwarder:
+    """A TCP port in front of PostgreSQL: `cut()` drops every connection and refuses new ones (the store is
+    down), `restore()` brings it back."""
+
+    def __init__(self, target_port: int = 5432) -> None:
+        self.port = 0
+        self.target_port = target_port
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def restore(self) -> None:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            self.writers.update((writer, up_writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for writer in list(self.writers):
+            writer.close()
+        self.writers.clear()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_postgres_outage_under_load_loses_nothing(tmp_path: Path, stub: Stub, pg_db: str) -> None:
+    fwd = Forwarder()
+    await fwd.restore()
+    via = pg_db.replace("127.0.0.1:5432", f"127.0.0.1:{fwd.port}")
+    home = tmp_path / "home"
+    gw = GatewayProc(home, stub.url, via)
+    await asyncio.to_thread(gw.start)
+    try:
+        load = asyncio.create_task(hammer(gw.url, 4.0, conns=8))
+        await asyncio.sleep(1.0)
+        await fwd.cut()  # PostgreSQL unreachable mid-load: the gateway spools
+        await asyncio.sleep(1.5)
+        await fwd.restore()  # back: the spool replays
+        answered, statuses = await load
+        missing = await wait_stored(answered, lambda: pg_ids(pg_db), 40)
+    finally:
+        await asyncio.to_thread(gw.stop)
+        await fwd.cut()
+    assert answered and not missing, f"{len(missing)} of {len(answered)} lost"
+    assert set(statuses) == {200}, statuses
+    assert b"spool" in gw.log.read_bytes()
+    assert_no_phi(at_rest(home, pg_db))
+
+
+async def test_unwritable_sqlite_spools_then_replays(tmp_path: Path, stub: Stub) -> None:
+    home = tmp_path / "home"
+    db = home / "careloop.db"
+    gw = GatewayProc(home, stub.url)
+    await asyncio.to_thread(gw.start)  # creates the store
+    await asyncio.to_thread(gw.stop)
+    readonly = GatewayProc(home, stub.url, f"sqlite:///file:{db}?mode=ro&uri=true")
+    readonly.port = gw.port
+    await asyncio.to_thread(readonly.start)
+    try:
+        answered, statuses = await hammer(readonly.url, 1.5, conns=4)
+        await asyncio.sleep(0.5)
+    finally:
+        await asyncio.to_thread(readonly.stop)
+    assert answered and set(statuses) == {200}
+    assert list((home / "spool").glob("exchanges-*.jsonl")) and not answered & sqlite_ids(home)
+    await asyncio.to_thread(gw.start)  # writable again: the spool replays at the first write
+    async with aiohttp.ClientSession() as session, session.post(gw.url + CHAT, json=BODY) as resp:
+        assert resp.status == 200
+    missing = await wait_stored(answered, lambda: sqlite_ids(home), 20)
+    await asyncio.to_thread(gw.stop)
+    assert not missing and not list((home / "spool").glob("exchanges-*.jsonl"))
+    assert_no_phi(at_rest(home))
+
+
+@pytest.mark.postgres
+async def test_poison_request_is_quarantined_and_strands_nothing(tmp_path: Path, stub: Stub, pg_db: str) -> None:
+    home = tmp_path / "home"
+    token = "admin-token-0123456789abcdef"
+    gw = GatewayProc(home, stub.url, pg_db, env={"CARELOOP_ADMIN_TOKEN": token,
+                                                 "CARELOOP_GATEWAY__LOG_FLUSH_INTERVAL_S": "0.5"})
+    await asyncio.to_thread(gw.start)
+    try:
+        async with aiohttp.ClientSession() as session:
+            answered = set()
+            for i in range(300):
+                body = {**BODY, "model": "gpt\u0000x"} if i % 100 == 50 else BODY
+                async with session.post(gw.url + CHAT, json=body) as resp:
+                    if resp.status == 200:
+                        answered.add(resp.headers["x-careloop-exchange-id"])
+                    else:
+                        assert resp.status == 404
+            missing = await wait_stored(answered, lambda: pg_ids(pg_db), 20)
+            async with session.get(gw.url + "/admin/status",
+                                   headers={"Authorization": f"Bearer {token}"}) as resp:
+                status = (await resp.json())["traffic_log"]
+            async with session.get(gw.url + "/metrics") as resp:
+                metrics = await resp.text()
+    finally:
+        await asyncio.to_thread(gw.stop)
+    assert len(answered) == 297 and not missing
+    assert status["quarantined"] == 3 and status["store_ok"]
+    assert "careloop_traffic_quarantined_total 3.0" in metrics
+    lines = [json.loads(line) for p in (home / "quarantine").glob("rows-*.jsonl")
+             for line in p.read_text().splitlines()]
+    assert len(lines) == 3 and all("NUL" in q["reason"] for q in lines)
+    assert_no_phi(at_rest(home, pg_db))
+
+
+@pytest.mark.slow
+async def test_sigterm_under_load_loses_nothing(tmp_path: Path, stub: Stub) -> None:
+    home = tmp_path / "home"
+    gw = GatewayProc(home, stub.url)
+    await asyncio.to_thread(gw.start)
+    load = asyncio.create_task(hammer(gw.url, 2.5))
+    await asyncio.sleep(1.5)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: -15 after a clean stop.
+    assert await asyncio.to_thread(gw.stop) in (0, -15)
+    answered, statuses = await load
+    assert b"gateway stopped" in gw.log.read_bytes()
+    assert answered and answered <= sqlite_ids(home)  # stored before the process exited
+    assert set(statuses) <= DOCUMENTED
+    assert not any((home / "wal").iterdir())  # drained: nothing left to replay
