@@ -74,11 +74,11 @@ class Procs:
     def __init__(self) -> None:
         self.items: list[subprocess.Popen[bytes]] = []
 
-    def start(self, cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None
-              ) -> subprocess.Popen[bytes]:
+    def start(self, cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None,
+              cwd: Path = ROOT) -> subprocess.Popen[bytes]:
         out = log.open("wb") if log else subprocess.DEVNULL
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT, start_new_session=True)  # each server its own scheduler group
+                                cwd=cwd, start_new_session=True)  # each server its own scheduler group
         self.items.append(proc)
         return proc
 
@@ -199,16 +199,19 @@ def overhead_quantiles(port: int, qs: tuple[float, ...] = (0.5, 0.99)) -> dict[f
     return {q: next((le * 1e3 for le, n in buckets if n >= q * total), float("inf")) for q in qs}
 
 
-def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: float = 0.1
+def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: float = 0.1,
+                  code_dir: Path = ROOT, extra_env: dict[str, str] | None = None
                   ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a gateway in front of the stub upstream; (process, port) once it is ready."""
+    """Start a gateway (this checkout's code, or `code_dir`'s) in front of the stub; (process, port) once ready."""
     port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
     env = {"CARELOOP_HOME": str(home), "CARELOOP_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
            "CARELOOP_SAMPLE_RATE": str(sample_rate), "CARELOOP_GATEWAY__PORT": str(port),
-           "CARELOOP_DATABASE_URL": f"sqlite:///{home / 'careloop.db'}"}
+           "CARELOOP_DATABASE_URL": f"sqlite:///{home / 'careloop.db'}", "PYTHONPATH": str(code_dir),
+           "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})}
     proc = procs.start([PY, "-c", "import logging; from service.settings import Settings; "
                         "from service.server import run_gateway; run_gateway(Settings(), 'warning')"],
-                       env, home / "gateway.log")
+                       env, home / "gateway.log", cwd=code_dir)
     wait_http(f"http://127.0.0.1:{port}/readyz")
     return proc, port
 
@@ -257,6 +260,11 @@ def main() -> None:
                         help="seconds over which each batch of streams opens (0: all in one burst)")
     parser.add_argument("--sections", default="sequential,throughput,streams,sustained",
                         help="which parts to run (comma-separated)")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of the previous release (e.g. `git archive main | tar -x -C DIR`): its "
+                             "gateway runs as a column of its own, so each new part's cost shows in one run")
+    parser.add_argument("--no-wal-column", action="store_true",
+                        help="also run this gateway with the write-ahead log off (the durability's own cost)")
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test of the script)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -285,6 +293,13 @@ def main() -> None:
                    if sections & {"sequential", "throughput"} else None)
 
         targets = {"direct": (stub_port, "/v1/chat/completions"), "careloop": (gw_port, "/v1/chat/completions")}
+        if args.no_wal_column and sections & {"sequential", "throughput"}:
+            _, port = start_gateway(procs, tmp / "home-nowal", stub_port,
+                                    extra_env={"CARELOOP_GATEWAY__DURABLE_LOG": "false"})
+            targets["careloop-nowal"] = (port, "/v1/chat/completions")
+        if args.baseline and sections & {"sequential", "throughput"}:
+            _, port = start_gateway(procs, tmp / "home-baseline", stub_port, code_dir=args.baseline.resolve())
+            targets["baseline"] = (port, "/v1/chat/completions")
         if ll_port:
             targets["litellm"] = (ll_port, "/v1/chat/completions")
 
@@ -300,7 +315,7 @@ def main() -> None:
                     add50 = (pct(times[name], 0.5) - base50) * 1e3
                     add99 = (pct(times[name], 0.99) - base99) * 1e3
                     row[f"{name}_added_p50_ms"], row[f"{name}_added_p99_ms"] = add50, add99
-                    print(f"{label:6s} {name:9s} added p50 {add50:7.3f} ms   p99 {add99:7.3f} ms   "
+                    print(f"{label:6s} {name:14s} added p50 {add50:7.3f} ms   p99 {add99:7.3f} ms   "
                           f"(direct p50 {base50 * 1e3:.3f} ms)")
                 if ll_port:
                     ratio = float(row["litellm_added_p50_ms"]) / max(float(row["careloop_added_p50_ms"]), 1e-6)  # type: ignore[arg-type]
@@ -325,7 +340,7 @@ def main() -> None:
             for name, (port, path) in sorted(targets.items(), key=lambda kv: kv[0] == "direct"):
                 r = wrk(port, path, args.wrk_seconds, 32, tmp)
                 tp[name] = r
-                print(f"{name:9s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
+                print(f"{name:14s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
                       f"non-2xx {r['non2xx']} {r['socket_errors']}")
             if ll_port:
                 ratio = tp["careloop"]["rps"] / max(tp["litellm"]["rps"], 1e-6)  # type: ignore[index]

@@ -4,8 +4,8 @@ One process owns one folder `wal/<pid>-<ns>/` (0700) and holds an exclusive `flo
 whole life; a folder whose lock can be taken belongs to a process that died, and the next start replays it.
 Records are appended to segment files (0600) with one `write` each, on the event loop, before the last byte
 of the response goes out: a SIGKILL after that cannot lose the exchange (the kernel has the bytes). `sync`
-(fdatasync) is group-committed by the writer thread once per batch, which bounds what a power loss can lose
-to one flush interval without a syscall per request.
+(fdatasync) is group-committed by the writer thread once per batch, on a segment appends have moved on from,
+which bounds what a power loss can lose to one flush interval without a syscall per request.
 
 The log holds raw, unredacted exchanges (redaction runs later, in the writer thread, where it does not hold up
 the response), so every record is encrypted with AES-256-GCM under a per-folder key derived from a 0600 key
@@ -110,13 +110,19 @@ class Wal:
             return seg.seq
 
     def sync(self) -> None:
-        """Flush what was appended to the disk (group commit: once per writer batch, not per request)."""
+        """Flush what was appended to the disk (group commit: once per writer batch, not per request).
+
+        The segment being synced is first closed to appends (appends go to a fresh one), so the event loop's
+        `write` never waits behind this thread's `fdatasync` on the same file."""
         with self._mutex:
             if not self._dirty or self._current is None:
                 return
-            fd, self._dirty = self._current.fd, False
+            seg, self._dirty = self._current, False
+            self._rotate()
         with contextlib.suppress(OSError):
-            os.fdatasync(fd)
+            os.fdatasync(seg.fd)
+        with self._mutex:
+            self._close_if_done(seg)
 
     def done(self, seqs: list[int]) -> None:
         """Records of these segments are safe elsewhere; delete segments nothing in them still needs."""
@@ -125,13 +131,11 @@ class Wal:
                 seg = self._segments.get(seq)
                 if seg is not None:
                     seg.pending -= 1
-            if self._current is not None and self._current.pending == 0 and self._current.size > (1 << 20):
-                self._rotate()  # start afresh now and then so the finished segment can go
             for seg in [s for s in self._segments.values() if s.closed]:
                 self._close_if_done(seg)
 
     def _close_if_done(self, seg: _Segment) -> None:
-        if seg.closed and seg.pending <= 0:
+        if seg.closed and seg.pending <= 0 and seg.seq in self._segments:
             with contextlib.suppress(OSError):
                 os.close(seg.fd)
             seg.path.unlink(missing_ok=True)

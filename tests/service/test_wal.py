@@ -31,15 +31,16 @@ def test_records_round_trip_through_the_encoding() -> None:
 def test_appends_are_encrypted_private_and_deleted_once_done(tmp_path: Path) -> None:
     wal = Wal(tmp_path / "wal", KEY)
     seqs = [wal.append(encode_record(record(i))) for i in range(10)]
-    wal.sync()
-    (segment,) = wal.folder.glob("*.wal")
+    wal.sync()  # the synced segment is closed to appends; a fresh one takes them
+    segment, fresh = sorted(wal.folder.glob("*.wal"))
+    assert fresh.stat().st_size == 0
     data = segment.read_bytes()
     assert b"123-45-6789" not in data and b"Jane" not in data  # encrypted at rest
     assert stat.S_IMODE(segment.stat().st_mode) == 0o600
     assert stat.S_IMODE(wal.folder.stat().st_mode) == 0o700
     assert orphans(tmp_path / "wal") == []  # a live process holds its folder's lock
     wal.done(seqs)
-    assert wal.pending == 0
+    assert wal.pending == 0 and not segment.exists()  # every record in it is safe elsewhere
     wal.close()
     assert not wal.folder.exists()
 
