@@ -130,6 +130,10 @@ RULES: list[Rule] = [
     ("PHONE", re.compile(r"(?i:\b(?:phone|call|cell|mobile|text|fax|tel|telephone|pager|beeper|reach|"
                          r"number|extension|ext)\b[^.\n\d]{0,20}?)(?<![\d\-])(\d{3}[\s.\-]\d{4})(?![\d\-])"), 1,
      ("phone", "call", "cell", "mobile", "text", "fax", "tel", "pager", "beeper", "reach", "number", "ext")),
+    # A labelled name, in capitals too ("Name: DOE, JANE", "Patient name: Smith, John A.").
+    ("NAME", re.compile(r"(?<![A-Za-z] )(?i:\b(?:patient\s+|pt\s+|full\s+|legal\s+)?name\s*[:\-]\s*)"
+                        r"([A-Z][A-Za-z'\-]+(?:,?\s+(?!(?:DOB|MRN|SSN|DOD|ID|Age|Sex|Phone)\b)"
+                        r"(?:[A-Z]\.|[A-Z][A-Za-z'\-]+)){0,2})"), 1, ("name",)),
     ("ADDRESS", re.compile(r"(?i)\b(?:p\.?\s?o\.?\s+box|post\s+office\s+box)\s+\d+\b"), 0, ("box",)),
     ("ADDRESS", re.compile(
         rf"\b\d{{1,6}}(?:-\d{{1,4}})?[A-Za-z]?\s+(?:[NSEW]\.?\s+|(?:North|South|East|West)\s+)?"
