@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,16 +71,18 @@ class Record:
 
 
 _HEAD = struct.Struct(">I")
+# Every field but the response bytes and the WAL position, by name: a field added to Record travels too.
+_WAL_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("response", "wal_seq"))
 
 
 def encode_record(r: Record) -> bytes:
-    """The record as bytes for the write-ahead log: a JSON head, then the response bytes as received."""
-    fields = [r.id, r.created, r.public_model, r.target, r.role, r.user_key, r.request, r.status, r.stream,
-              r.sampled, r.latency_ms, r.error, isinstance(r.response, list), r.response is None]
+    """The record as bytes for the write-ahead log: a JSON head (its fields), then the response as received."""
+    head_obj = {name: getattr(r, name) for name in _WAL_FIELDS}
+    head_obj["_kind"] = "none" if r.response is None else "sse" if isinstance(r.response, list) else "body"
     try:
-        head = orjson.dumps(fields)
+        head = orjson.dumps(head_obj)
     except TypeError:
-        head = dumps_line(fields).rstrip(b"\n")
+        head = dumps_line(head_obj).rstrip(b"\n")
     body = b"".join(r.response) if isinstance(r.response, list) else (r.response or b"")
     return _HEAD.pack(len(head)) + head + body
 
@@ -88,10 +90,11 @@ def encode_record(r: Record) -> bytes:
 def decode_record(data: bytes) -> Record:
     """A record read back from the write-ahead log."""
     (n,) = _HEAD.unpack_from(data)
-    f = orjson.loads(data[4:4 + n])
+    head = orjson.loads(data[4:4 + n])
     body = data[4 + n:]
-    response: bytes | list[bytes] | None = None if f[13] else ([body] if f[12] else body)
-    return Record(f[0], f[1], f[2], f[3], f[4], f[5], f[6], response, f[7], f[8], f[9], f[10], f[11])
+    kind = head.pop("_kind")
+    response: bytes | list[bytes] | None = None if kind == "none" else [body] if kind == "sse" else body
+    return Record(response=response, **{k: v for k, v in head.items() if k in _WAL_FIELDS})
 
 
 def _usage(obj: dict[str, Any]) -> tuple[int | None, int | None]:
