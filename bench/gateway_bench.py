@@ -253,6 +253,8 @@ def main() -> None:
                         help="virtualenv with litellm[proxy] (skipped when absent)")
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests per target")
     parser.add_argument("--wrk-seconds", type=int, default=10)
+    parser.add_argument("--wrk-rounds", type=int, default=1,
+                        help="throughput rounds per gateway, order reversed each round (median reported)")
     parser.add_argument("--load-seconds", type=int, default=60, help="sustained load before the row count")
     parser.add_argument("--stream-counts", default="1,16,64,256")
     parser.add_argument("--stream-rounds", type=int, default=3)
@@ -337,11 +339,21 @@ def main() -> None:
             tp: dict[str, object] = {}
             # Direct last: 10 s of the stub at full speed leaves this session's scheduler group penalised for
             # a while (Linux autogroup fairness), which would depress whatever ran next.
-            for name, (port, path) in sorted(targets.items(), key=lambda kv: kv[0] == "direct"):
-                r = wrk(port, path, args.wrk_seconds, 32, tmp)
+            # The gateways in turn, the order reversed each round (whatever runs first on a busy machine is
+            # penalised); each gateway's median round is reported.
+            gateways = [n for n in targets if n != "direct"]
+            runs: dict[str, list[dict[str, Any]]] = {n: [] for n in targets}
+            for rnd in range(args.wrk_rounds):
+                for name in (gateways if rnd % 2 == 0 else gateways[::-1]):
+                    runs[name].append(wrk(targets[name][0], targets[name][1], args.wrk_seconds, 32, tmp))
+            runs["direct"].append(wrk(targets["direct"][0], targets["direct"][1], args.wrk_seconds, 32, tmp))
+            for name in [*gateways, "direct"]:
+                ordered = sorted(runs[name], key=lambda x: x["rps"])
+                r = {**ordered[len(ordered) // 2], "rounds_rps": [x["rps"] for x in runs[name]]}
                 tp[name] = r
                 print(f"{name:14s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
-                      f"non-2xx {r['non2xx']} {r['socket_errors']}")
+                      f"non-2xx {r['non2xx']} {r['socket_errors']}   rounds "
+                      + " ".join(f"{x:.0f}" for x in r["rounds_rps"]))
             if ll_port:
                 ratio = tp["careloop"]["rps"] / max(tp["litellm"]["rps"], 1e-6)  # type: ignore[index]
                 tp["careloop_over_litellm"] = ratio
