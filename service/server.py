@@ -10,6 +10,7 @@ import uvicorn
 
 from service.app import Gateway, create_app
 from service.limits import HeadLimits, guarded_protocol
+from service.private_files import private_dir
 from service.scrub import install_log_scrubber
 from service.settings import Settings
 
@@ -41,6 +42,7 @@ def run_gateway(settings: Settings, log_level: str = "info") -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.umask(0o077)  # everything the gateway creates (SQLite files, spool, WAL, quarantine) is 0600 / 0700
     settings.ensure_dirs()
+    private_dir(settings.home)
     # The traffic-log thread parses and redacts batches; a shorter GIL switch interval hands the event loop
     # the GIL back within ~1 ms instead of 5 ms, which is what keeps the p99 of the gateway's own time low.
     sys.setswitchinterval(settings.gateway.gil_switch_interval_s)
