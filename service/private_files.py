@@ -29,6 +29,16 @@ def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     return fd
 
 
+def append_private(path: Path, data: bytes) -> None:
+    """Append `data` to `path` (created 0600) and fsync it."""
+    fd = open_private(path)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (temp file, fsync, rename), 0600."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

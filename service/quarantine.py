@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from service.private_files import open_private, private_dir
+from service.private_files import append_private, open_private, private_dir
 
 
 def dumps_line(obj: Any) -> bytes:
@@ -60,12 +60,7 @@ class Quarantine:
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         data = b"".join(dumps_line({"reason": reason, "at": at, "row": row}) for row, reason in rows)
         with self._lock:
-            fd = open_private(self.folder / f"rows-{at[:10]}.jsonl")
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_private(self.folder / f"rows-{at[:10]}.jsonl", data)
             self.rows += len(rows)
 
     def add_file(self, path: Path, reason: str) -> Path:

@@ -37,7 +37,7 @@ from sqlalchemy import text as sa_text
 from sqlalchemy.engine import Engine
 
 from service.metrics import GatewayMetrics
-from service.private_files import open_private, private_dir
+from service.private_files import append_private, private_dir
 from service.quarantine import Quarantine, dumps_line, reason_of
 from service.redact import redact, redact_messages, redact_params
 from service.store import insert_exchanges
@@ -506,12 +506,7 @@ class TrafficLog:
         with self._spool_lock:
             if self._spool_file is None:
                 self._spool_file = self.spool_dir / f"exchanges-{time.time_ns()}-{os.getpid()}.jsonl"
-            fd = open_private(self._spool_file)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_private(self._spool_file, data)
         self.spooled += len(rows)
         self.spool_pending += len(rows)
         self.metrics.spooled.inc(len(rows))

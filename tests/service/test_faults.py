@@ -22,7 +22,7 @@ import aiohttp
 import psycopg
 import pytest
 
-from tests.service.procs import GatewayProc, Stub
+from tests.service.procs import Forwarder, GatewayProc, Stub
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -306,49 +306,11 @@ threading.Event().wait()
                             stderr=subprocess.DEVNULL)
 
 
-class Forwarder:
-    """A TCP port in front of PostgreSQL: `cut()` drops every connection and refuses new ones (the store is
-    down), `restore()` brings it back."""
-
-    def __init__(self, target_port: int = 5432) -> None:
-        self.port = 0
-        self.target_port = target_port
-        self.server: asyncio.AbstractServer | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def restore(self) -> None:
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                writer.close()
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-            self.writers.update((writer, up_writer))
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        for writer in list(self.writers):
-            writer.close()
-        self.writers.clear()
-
-
 @pytest.mark.slow
 @pytest.mark.postgres
 async def test_postgres_outage_under_load_loses_nothing(tmp_path: Path, stub: Stub, pg_db: str) -> None:
     fwd = Forwarder()
-    await fwd.restore()
+    await fwd.open()
     via = pg_db.replace("127.0.0.1:5432", f"127.0.0.1:{fwd.port}")
     home = tmp_path / "home"
     gw = GatewayProc(home, stub.url, via)
@@ -356,14 +318,14 @@ async def test_postgres_outage_under_load_loses_nothing(tmp_path: Path, stub: St
     try:
         load = asyncio.create_task(hammer(gw.url, 4.0, conns=8))
         await asyncio.sleep(1.0)
-        await fwd.cut()  # PostgreSQL unreachable mid-load: the gateway spools
+        await fwd.close()  # PostgreSQL unreachable mid-load: the gateway spools
         await asyncio.sleep(1.5)
-        await fwd.restore()  # back: the spool replays
+        await fwd.open()  # back: the spool replays
         answered, statuses = await load
         missing = await wait_stored(answered, lambda: pg_ids(pg_db), 40)
     finally:
         await asyncio.to_thread(gw.stop)
-        await fwd.cut()
+        await fwd.close()
     assert answered and not missing, f"{len(missing)} of {len(answered)} lost"
     assert set(statuses) == {200}, statuses
     assert b"spool" in gw.log.read_bytes()

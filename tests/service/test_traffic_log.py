@@ -18,6 +18,7 @@ from service.schema import Exchange
 from service.store import init_db, make_engine
 from service.traffic_log import Record, TrafficLog, build_row, parse_stream
 from tests.conftest import free_port
+from tests.service.procs import Forwarder
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -104,37 +105,6 @@ async def test_store_down_spools_then_replays_sqlite(tmp_path: Path) -> None:
     await wait_for(lambda: count(up) == 60)
     await log.drain()
     assert log.store_ok and not list(spool.glob("*.jsonl"))
-
-
-class Forwarder:
-    """A TCP port that forwards to PostgreSQL while open: closing it makes the store unreachable."""
-
-    def __init__(self, target_port: int = 5432) -> None:
-        self.port = free_port()
-        self.target_port = target_port
-        self.server: asyncio.Server | None = None
-
-    async def open(self) -> None:
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                writer.close()
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
 
 
 @pytest.mark.postgres
