@@ -10,7 +10,6 @@ import uvicorn
 
 from service.app import Gateway, create_app
 from service.limits import HeadLimits, guarded_protocol
-from service.private_files import private_dir
 from service.scrub import install_log_scrubber
 from service.settings import Settings
 
@@ -40,9 +39,10 @@ def run_gateway(settings: Settings, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM; on shutdown, in-flight requests finish and the traffic log drains."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.umask(0o077)  # everything the gateway creates (SQLite files, spool, WAL, quarantine) is 0600 / 0700
+    # Everything the gateway creates (SQLite files, spool, WAL, quarantine, its folders) is 0600 / 0700; folders
+    # that already exist (a shared data dir other processes also read) are left as they are.
+    os.umask(0o077)
     settings.ensure_dirs()
-    private_dir(settings.home)
     # The traffic-log thread parses and redacts batches; a shorter GIL switch interval hands the event loop
     # the GIL back within ~1 ms instead of 5 ms, which is what keeps the p99 of the gateway's own time low.
     sys.setswitchinterval(settings.gateway.gil_switch_interval_s)

@@ -320,7 +320,7 @@ class Settings(BaseSettings):
         """Create the data dir and its subfolders."""
         for path in (self.home, self.models_dir, self.adapters_dir, self.runs_dir, self.reports_dir,
                      self.spool_dir, self.judges_dir):
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.mkdir(parents=True, exist_ok=True)
 
 
 MIN_ADMIN_TOKEN = 16
