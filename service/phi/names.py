@@ -30,8 +30,10 @@ from: to: with mrs mr ms dr
 """)
 # Cues that are weak ("is", "with", "by", "am"): the word after them must also look like a name.
 WEAK_CUES = words("""
+call called ask asked tell told text email contact saw met visited
 is am this by with from: to: i'm im
 """)
+CUES = CUES | WEAK_CUES
 # Capitalised words that are never part of a person's name.
 STOP = words("""
 a an the i i'm i've i'd my me we our you your he she his her they them their it its this that these those there here
@@ -75,6 +77,11 @@ def _bare(token: str) -> str:
     return t
 
 
+def _lookup(token: str) -> str:
+    """A token as the word lists spell it ("O'Connor" → "oconnor")."""
+    return _bare(token).replace("'", "").replace("’", "")
+
+
 def _capitalised(token: str) -> bool:
     return token[:1].isupper() and (len(token) == 1 or not token.isupper() or (len(token) <= 2 and token.endswith(".")))
 
@@ -115,6 +122,8 @@ def find_names(text: str) -> list[tuple[int, int, str]]:
             i = run[0]
             prev = _bare(tokens[i - 1][0]) if i > 0 else ""
             prev2 = _bare(tokens[i - 2][0]) if i > 1 else ""
+            if prev in (",", ":", "-") and (prev2 in CUES or prev2 + ":" in CUES):
+                prev = prev2  # "my grandson, Liam", "Patient: Xiomara", "Sincerely,\nBartholomew"
             end = run[-1] + 1
             found = _name_in_run(tokens, run, prev, prev2, end)
             if found is not None:
@@ -209,10 +218,10 @@ def _name_in_run(tokens: list[tuple[str, int, int]], run: list[int], prev: str, 
                 return k, k
             return k, names[min(len(names), pos + 3) - 1]
     for pos, k in enumerate(names[1:], 1):
-        if _bare(tokens[k][0]) in SURNAMES:
+        if _lookup(tokens[k][0]) in SURNAMES:
             return names[pos - 1], k
     # "Okafor, Margaret": a surname, a comma, a given name.
-    if (first in SURNAMES and end + 1 < len(tokens) and tokens[end][0] == ","
+    if (_lookup(tokens[names[0]][0]) in SURNAMES and end + 1 < len(tokens) and tokens[end][0] == ","
             and _bare(tokens[end + 1][0]) in FIRST_NAMES and _capitalised(tokens[end + 1][0])):
         return names[0], end + 1
     return None

@@ -24,9 +24,10 @@ DATE = (r"(?:(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01])/(?:\d{4}|\d{2})(?![\d/]
         r"|\d{4}-\d{1,2}-\d{1,2}"  # 1962-03-14
         rf"|{_MONTHS}\s+\d{{1,2}}{_ORD}(?:,?\s+\d{{4}})?(?![\d:])"  # March 14, 1962 / March 14th
         rf"|(?:the\s+)?\d{{1,2}}{_ORD}\s+(?:of\s+)?{_MONTHS}(?:,?\s+\d{{4}})?"  # 14 March 1962, the 14th of March
+        rf"|\d{{1,2}}[\-\s]{_MONTHS}[\-\s](?:\d{{4}}|\d{{2}})"  # 12-Jan-1950
         rf"|{_MONTHS}\s+(?:of\s+)?\d{{4}})")  # March 2019
 _BIRTH_CUES = r"(?:dob|d\.o\.b\.?|date of birth|birth\s?date|birthday|born(?:\s+on)?|b\.)"
-_EVENT_CUES = (r"(?:admitted|admission(?:\s+date)?|admit(?:\s+date)?|discharged?|discharge date|died|death|"
+_EVENT_CUES = (r"(?:admitted|admission(?:\s+date)?|admit(?:\s+date)?|discharged?|discharge date|d/c|died|death|"
                r"date of death|dod|passed away|deceased|expired|was seen|date of (?:service|surgery|procedure|"
                r"injury|visit|admission|discharge)|dos|surgery|operated|delivered|gave birth)")
 # Between a cue and its date: anything but the end of a sentence, up to ~60 characters.
@@ -116,8 +117,8 @@ RULES: list[Rule] = [
     ("DOB", re.compile(rf"(?i)\b{_BIRTH_CUES}(?!\w){_GAP}\b({DATE})", re.S), 1,
      ("dob", "d.o.b", "birth", "born", "b.")),
     ("DATE", re.compile(rf"(?i)\b{_EVENT_CUES}(?!\w){_GAP}\b({DATE})", re.S), 1,
-     ("admi", "discharg", "died", "death", "dod", "passed", "deceased", "expired", "seen", "date of", "dos",
-      "surgery", "operated", "delivered", "gave birth")),
+     ("admi", "discharg", "d/c", "died", "death", "dod", "passed", "deceased", "expired", "seen", "date of",
+      "dos", "surgery", "operated", "delivered", "gave birth")),
     ("DATE", re.compile(rf"(?i)\b(?:{_EVENT_CUES}|{_BIRTH_CUES})\s+(?:on\s+)?"
                         r"((?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?![\d/])"), 1,
      ("admi", "discharg", "died", "death", "born", "birth", "dob", "surgery", "seen", "passed", "expired",
@@ -130,6 +131,11 @@ RULES: list[Rule] = [
     ("PHONE", re.compile(r"(?i:\b(?:phone|call|cell|mobile|text|fax|tel|telephone|pager|beeper|reach|"
                          r"number|extension|ext)\b[^.\n\d]{0,20}?)(?<![\d\-])(\d{3}[\s.\-]\d{4})(?![\d\-])"), 1,
      ("phone", "call", "cell", "mobile", "text", "fax", "tel", "pager", "beeper", "reach", "number", "ext")),
+    # A title, then name particles ("Dr. de la Cruz", "Mr van der Berg").
+    ("NAME", re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Doctor|Nurse)\.?\s+((?:(?:de|del|della|la|le|van|von|der|den|da|"
+                        r"di|du|dos|das|bin|ibn|al|el|ter|ten|op)\s+)+[A-Z][A-Za-z'\-]+)"), 1,
+     (" de ", " del", " la ", " le ", " van ", " von ", " der ", " den ", " da ", " di ", " du ", " dos ", " das ",
+      " bin ", " ibn ", " al ", " el ", " ter ", " ten ", " op ")),
     # A labelled name, in capitals too ("Name: DOE, JANE", "Patient name: Smith, John A.").
     ("NAME", re.compile(r"(?<![A-Za-z] )(?i:\b(?:patient\s+|pt\s+|full\s+|legal\s+)?name\s*[:\-]\s*)"
                         r"([A-Z][A-Za-z'\-]+(?:,?\s+(?!(?:DOB|MRN|SSN|DOD|ID|Age|Sex|Phone)\b)"
@@ -144,6 +150,7 @@ RULES: list[Rule] = [
      0, ("apt", "apartment", "unit", "suite", "ste")),
     ("LOCATION", re.compile(rf"\b{_PLACE_WORD},\s*(?:{_STATE_ABBR})\b(?:\.?,?\s+\d{{5}}(?:-\d{{4}})?)?"), 0, (",",)),
     ("LOCATION", re.compile(rf"\b{_PLACE_WORD},\s*(?:{_STATE_NAME})\b(?:,?\s+\d{{5}}(?:-\d{{4}})?)?"), 0, (",",)),
+    ("LOCATION", re.compile(rf"\b{_PLACE_WORD}\s+(?:{_STATE_ABBR})\s+\d{{5}}(?:-\d{{4}})?\b"), 0, (DIGIT,)),
     ("LOCATION", re.compile(rf"\b(?:{_STATE_ABBR}|{_STATE_NAME})\.?,?\s+(\d{{5}}(?:-\d{{4}})?)\b"), 1, (DIGIT,)),
     ("LOCATION", re.compile(r"(?i:\b(?:zip|zip\s*code|postal\s+code|zipcode)\b[\s:#\-]*(?:is\s+)?)"
                             r"(\d{5}(?:-\d{4})?)\b"),
