@@ -109,6 +109,7 @@ disease syndrome sign signs test tests lymphoma sarcoma palsy maneuver manoeuvre
 tumour disorder phenomenon score scale ulcer fracture classification criteria reflex node nodes triad operation
 repair fundoplication stain smear exercises exercise esophagus oesophagus contracture disease's dementia
 encephalopathy thyroiditis ophthalmopathy anomaly tetralogy bodies body cell cells lung anemia wort
+surgery angina technique method position rule effect guidelines guideline protocol approach
 """)
 
 US_STATES = {

@@ -53,6 +53,7 @@ normal abnormal positive negative acute chronic left right upper lower mild mode
 monthly nightly morning evening night call text email phone fax see go take give get use start stop keep make help
 need want know think feel should'nt isn't aren't wasn't weren't hasn't haven't hadn't doesn't didn't couldn't
 wouldn't dx hx rx sx tx bp hr rr spo2 bmi ekg ecg ct mri cbc bmp cmp inr tsh hba1c a1c ldl hdl
+team staff everyone sir madam colleagues family committee board doctors nurses all
 """)
 # Words after which a capitalised city name is a place.
 PLACE_CUES = words("""

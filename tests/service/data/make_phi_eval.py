@@ -561,6 +561,22 @@ Visual acuity 20/40 OD, 20/25 OS; IOP 24 and 22 mmHg.
 A1c goal under 7% for most nonpregnant adults.
 Room 12 needs a bedside commode and fall precautions.
 Bed 4 is on contact precautions for C. difficile.
+Hello, I have diabetes and take Lipitor 20 mg.
+Hi Doctor, is Metformin safe with a CKD stage 3 kidney?
+This is Lisinopril 10 mg, the white oval tablet.
+Tommy John surgery recovery takes 12 months.
+Turner syndrome and Klinefelter syndrome are chromosomal conditions.
+Ask your pharmacist about Paxlovid interactions.
+Tell your doctor if you take Warfarin.
+Call 911 if chest pain lasts more than 5 minutes.
+Patient: 45 y/o male with CHF, NYHA class II.
+Mark the dates of your migraines on a calendar.
+Frank blood in the stool needs same-day evaluation.
+Per Johns Hopkins guidelines, start heparin prophylaxis.
+Lewy body dementia and Pick disease can look alike early on.
+Whipple triad confirmed: glucose 42 mg/dL with symptoms relieved by glucose.
+Dear Team, please review the vancomycin levels.
+Take Vitamin D 2000 IU with Calcium 600 mg.
 """.strip().splitlines()
 
 
