@@ -259,7 +259,7 @@ async def test_oversized_body_and_header_flood(tmp_path: Path, stub: Stub) -> No
             async with session.post(gw.url + CHAT, json=big) as resp:
                 assert resp.status == 413 and (await resp.json())["error"]["code"] == "request_too_large"
 
-            async def p99(n: int = 300) -> float:
+            async def p99(n: int = 500) -> float:
                 lat = []
                 for _ in range(n):
                     t0 = time.perf_counter()
@@ -277,7 +277,9 @@ async def test_oversized_body_and_header_flood(tmp_path: Path, stub: Stub) -> No
             finally:
                 flood.kill()
                 flood.wait()
-        assert flooded <= max(2 * base, base + 0.002), f"p99 {base * 1e3:.2f} ms -> {flooded * 1e3:.2f} ms"
+        # Within 2x, or 5 ms on a quiet machine where the p99 without the flood is well under a millisecond and a
+        # single scheduling hiccup of this shared 2-core box would decide (unfixed, one flood stalled for seconds).
+        assert flooded <= max(2 * base, base + 0.005), f"p99 {base * 1e3:.2f} ms -> {flooded * 1e3:.2f} ms"
     finally:
         await asyncio.to_thread(gw.stop)
 
