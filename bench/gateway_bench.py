@@ -217,22 +217,25 @@ def add_client_key(home: Path) -> None:
 
 
 def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: float = 0.1, keys: bool = False,
-                  root: Path = ROOT) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a gateway (from the checkout at `root`) in front of the stub upstream; (process, port) once ready.
+                  code_dir: Path = ROOT, extra_env: dict[str, str] | None = None
+                  ) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a gateway (this checkout's code, or `code_dir`'s) in front of the stub; (process, port) once ready.
 
     `keys`: client keys required and the bench's key rate limited (limits far above the load, so every request
     pays the check and the quota accounting without being refused).
     """
     port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
     env = {"CARELOOP_HOME": str(home), "CARELOOP_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
            "CARELOOP_SAMPLE_RATE": str(sample_rate), "CARELOOP_GATEWAY__PORT": str(port),
-           "CARELOOP_DATABASE_URL": f"sqlite:///{home / 'careloop.db'}"}
+           "CARELOOP_DATABASE_URL": f"sqlite:///{home / 'careloop.db'}", "PYTHONPATH": str(code_dir),
+           "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})}
     if keys:
         add_client_key(home)
         env["CARELOOP_KEYS__REQUIRE"] = "on"
     proc = procs.start([PY, "-c", "import logging; from service.settings import Settings; "
                         "from service.server import run_gateway; run_gateway(Settings(), 'warning')"],
-                       {**env, "PYTHONPATH": str(root)}, home / "gateway.log", cwd=root)
+                       env, home / "gateway.log", cwd=code_dir)
     wait_http(f"http://127.0.0.1:{port}/readyz")
     return proc, port
 
@@ -314,7 +317,8 @@ def main() -> None:
                         help="virtualenv with litellm[proxy] (skipped when absent)")
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests per target")
     parser.add_argument("--wrk-seconds", type=int, default=10)
-    parser.add_argument("--wrk-rounds", type=int, default=1, help="throughput rounds (median reported)")
+    parser.add_argument("--wrk-rounds", type=int, default=1,
+                        help="throughput rounds per gateway, order reversed each round (median reported)")
     parser.add_argument("--load-seconds", type=int, default=60, help="sustained load before the row count")
     parser.add_argument("--stream-counts", default="1,16,64,256")
     parser.add_argument("--stream-rounds", type=int, default=3)
@@ -322,12 +326,15 @@ def main() -> None:
                         help="seconds over which each batch of streams opens (0: all in one burst)")
     parser.add_argument("--sections", default="hotpath,sequential,throughput,streams,sustained",
                         help="which parts to run (comma-separated)")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of the previous release (e.g. `git archive main | tar -x -C DIR`): its "
+                             "gateway runs as a column of its own, so each new part's cost shows in one run")
+    parser.add_argument("--no-wal-column", action="store_true",
+                        help="also run this gateway with the write-ahead log off (the durability's own cost)")
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test of the script)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keys", action="store_true",
                         help="add a column: a second gateway with client keys required and the key rate limited")
-    parser.add_argument("--baseline-root", type=Path,
-                        help="add a column: a gateway run from another checkout (e.g. `git archive main`)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.wrk_seconds, args.load_seconds = 300, 3, 5
@@ -358,10 +365,13 @@ def main() -> None:
             (tmp / "home-keys").mkdir()
             _, keys_port = start_gateway(procs, tmp / "home-keys", stub_port, keys=True)
             targets["careloop_keys"] = (keys_port, "/v1/chat/completions")
-        if args.baseline_root and sections & {"sequential", "throughput"}:
-            (tmp / "home-base").mkdir()
-            _, base_port = start_gateway(procs, tmp / "home-base", stub_port, root=args.baseline_root.resolve())
-            targets["baseline"] = (base_port, "/v1/chat/completions")
+        if args.no_wal_column and sections & {"sequential", "throughput"}:
+            _, port = start_gateway(procs, tmp / "home-nowal", stub_port,
+                                    extra_env={"CARELOOP_GATEWAY__DURABLE_LOG": "false"})
+            targets["careloop-nowal"] = (port, "/v1/chat/completions")
+        if args.baseline and sections & {"sequential", "throughput"}:
+            _, port = start_gateway(procs, tmp / "home-baseline", stub_port, code_dir=args.baseline.resolve())
+            targets["baseline"] = (port, "/v1/chat/completions")
         if ll_port:
             targets["litellm"] = (ll_port, "/v1/chat/completions")
 
@@ -383,7 +393,7 @@ def main() -> None:
                     add50 = (pct(times[name], 0.5) - base50) * 1e3
                     add99 = (pct(times[name], 0.99) - base99) * 1e3
                     row[f"{name}_added_p50_ms"], row[f"{name}_added_p99_ms"] = add50, add99
-                    print(f"{label:6s} {name:13s} added p50 {add50:7.3f} ms   p99 {add99:7.3f} ms   "
+                    print(f"{label:6s} {name:14s} added p50 {add50:7.3f} ms   p99 {add99:7.3f} ms   "
                           f"(direct p50 {base50 * 1e3:.3f} ms)")
                 if ll_port:
                     ratio = float(row["litellm_added_p50_ms"]) / max(float(row["careloop_added_p50_ms"]), 1e-6)  # type: ignore[arg-type]
@@ -405,24 +415,21 @@ def main() -> None:
             tp: dict[str, object] = {}
             # Direct last: 10 s of the stub at full speed leaves this session's scheduler group penalised for
             # a while (Linux autogroup fairness), which would depress whatever ran next.
-            # With several rounds the gateways take turns going first (the first to run on a shared machine
-            # is favoured), and each one's median round is reported.
-            proxies = [n for n in targets if n != "direct"]
+            # The gateways in turn, the order reversed each round (whatever runs first on a busy machine is
+            # penalised); each gateway's median round is reported.
+            gateways = [n for n in targets if n != "direct"]
             runs: dict[str, list[dict[str, Any]]] = {n: [] for n in targets}
             for rnd in range(args.wrk_rounds):
-                k = rnd % len(proxies)
-                for name in [*proxies[k:], *proxies[:k], "direct"]:
-                    port, path = targets[name]
-                    r = wrk(port, path, args.wrk_seconds, 32, tmp)
-                    runs[name].append(r)
-                    print(f"{name:13s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms"
-                          f"   non-2xx {r['non2xx']} {r['socket_errors']}")
-            for name, rs in runs.items():
-                median = dict(sorted(rs, key=lambda r: r["rps"])[len(rs) // 2])
-                tp[name] = median
-                if args.wrk_rounds > 1:
-                    median["rounds_rps"] = [r["rps"] for r in rs]
-                    print(f"{name:13s} median {median['rps']:9.0f} req/s over {len(rs)} rounds")
+                for name in (gateways if rnd % 2 == 0 else gateways[::-1]):
+                    runs[name].append(wrk(targets[name][0], targets[name][1], args.wrk_seconds, 32, tmp))
+            runs["direct"].append(wrk(targets["direct"][0], targets["direct"][1], args.wrk_seconds, 32, tmp))
+            for name in [*gateways, "direct"]:
+                ordered = sorted(runs[name], key=lambda x: x["rps"])
+                r = {**ordered[len(ordered) // 2], "rounds_rps": [x["rps"] for x in runs[name]]}
+                tp[name] = r
+                print(f"{name:14s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
+                      f"non-2xx {r['non2xx']} {r['socket_errors']}   rounds "
+                      + " ".join(f"{x:.0f}" for x in r["rounds_rps"]))
             if ll_port:
                 ratio = tp["careloop"]["rps"] / max(tp["litellm"]["rps"], 1e-6)  # type: ignore[index]
                 tp["careloop_over_litellm"] = ratio

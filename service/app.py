@@ -19,16 +19,17 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from service import admin, telemetry
-from service.asgi import Receive, Scope, Send, send_bytes
+from service.asgi import CLIENT_GONE, Receive, Scope, Send, send_bytes
 from service.errors import GatewayError, not_found, send_error
 from service.failover import Breakers
 from service.keys import KeyRing, keys_required, startup_message
 from service.metrics import GatewayMetrics
+from service.private_files import load_or_create_secret, private_dir
 from service.proxy import Upstreams, chat_completions
 from service.ratelimit import RateLimiter
 from service.routing import Routes
 from service.sampling import Sampler
-from service.settings import Settings
+from service.settings import Settings, check_admin_token
 from service.store import init_db, make_engine
 from service.traffic_log import TrafficLog
 from service.vllm_admin import RegistryView, read_registry, reconcile
@@ -43,6 +44,7 @@ class Gateway:
     """One gateway process: settings, store, upstream client, routes, traffic log and metrics."""
 
     def __init__(self, settings: Settings, engine: Engine | None = None, freeze_gc: bool = False) -> None:
+        settings.admin_token = check_admin_token(settings.admin_token)  # also when set after validation
         self.settings = settings
         self.freeze_gc = freeze_gc  # the server process sets it; tests that embed the app do not
         self.engine = engine or make_engine(settings.database_url or "", json_serializer=_json_text)
@@ -56,8 +58,12 @@ class Gateway:
         self.keys = KeyRing(self.engine, k.refresh_s, keys_required(settings), settings.spool_dir / "client-keys.json")
         self.limiter = RateLimiter(self.engine, k.window_s, k.claim_fraction)
         self.sampler = Sampler(settings.sample_rate, settings.canary_sample_rate)
+        secrets_dir = settings.secrets_dir
+        self.user_key_secret = load_or_create_secret(settings.user_key_secret_file or secrets_dir / "user-key")
+        wal_key = load_or_create_secret(settings.wal_key_file or secrets_dir / "wal.key") if g.durable_log else None
         self.traffic_log = TrafficLog(self.engine, settings.spool_dir, self.metrics, g.log_queue_size,
-                                      g.log_batch_size, g.log_flush_interval_s)
+                                      g.log_batch_size, g.log_flush_interval_s, wal_dir=settings.wal_dir,
+                                      wal_key=wal_key, quarantine_dir=settings.quarantine_dir)
         self.routes = Routes(stable=settings.base_model)
         self.last_reconcile: float = 0.0
         self.last_reconcile_error: str | None = None
@@ -89,8 +95,12 @@ class Gateway:
                     await self._unknown(scope, send)
             except GatewayError as exc:
                 await send_error(send, exc)
-            except Exception:
-                log.exception("unhandled error on %s %s", scope["method"], path)
+            except asyncio.CancelledError:
+                if not scope.get(CLIENT_GONE):
+                    raise
+                # The client left before its response ended: nothing to answer.
+            except Exception as exc:
+                log.error("unhandled %s on %s %s", type(exc).__name__, scope["method"], path)
                 with contextlib.suppress(Exception):
                     await send_error(send, GatewayError(500, "internal gateway error", "server_error",
                                                         "internal_error"))
@@ -126,7 +136,7 @@ class Gateway:
     # Lifecycle.
     async def startup(self) -> None:
         """Open the store and the upstream client, start the log writer and the routes refresher."""
-        self.settings.spool_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.settings.spool_dir)
         try:
             await asyncio.to_thread(init_db, self.engine)
         except Exception as exc:  # the store may be down: serve anyway, spool until it is back
@@ -234,11 +244,8 @@ class Gateway:
         reachable = await self.probe_upstreams()
         breakers = self.upstreams.breakers
         ok = self.routes.known and any(up and breakers.up(url) for url, up in reachable.items())
-        body = {"ready": ok, "routes_known": self.routes.known, "upstreams": reachable,
-                "breakers_closed": {url: breakers.up(url) for url in reachable},
-                "stable": self.routes.stable, "canary": self.routes.canary,
-                "store_ok": self.traffic_log.store_ok}
-        await send_bytes(send, 200 if ok else 503, orjson.dumps(body))
+        # Unauthenticated: ready or not and nothing else (upstreams, breakers, adapters, store: `/admin/status`).
+        await send_bytes(send, 200 if ok else 503, b'{"ready":true}' if ok else b'{"ready":false}')
 
     async def probe_upstreams(self) -> dict[str, bool]:
         """Whether each vLLM replica answers `/health` within 2 s."""
@@ -274,7 +281,11 @@ class Gateway:
             "traffic_log": {"queue_depth": self.traffic_log.depth, "written": self.traffic_log.written,
                             "dropped": self.traffic_log.dropped, "spooled": self.traffic_log.spooled,
                             "spool_pending": self.traffic_log.spool_pending,
-                            "store_ok": self.traffic_log.store_ok},
+                            "store_ok": self.traffic_log.store_ok,
+                            "quarantined": self.traffic_log.quarantined,
+                            "quarantined_on_disk": self.traffic_log.quarantine.count_rows(),
+                            "recovered_from_wal": self.traffic_log.recovered,
+                            "wal_pending": self.traffic_log.wal.pending if self.traffic_log.wal else 0},
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 

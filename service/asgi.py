@@ -10,6 +10,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+# Set in a request's scope when its client disconnected before the response ended (the task is then cancelled).
+CLIENT_GONE = "careloop.client_gone"
+
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 

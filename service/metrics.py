@@ -34,6 +34,15 @@ class GatewayMetrics:
                                "Exchanges spooled to local files while the store was unreachable.", registry=r)
         self.spool_pending = Gauge("careloop_traffic_log_spool_pending",
                                    "Exchanges in spool files not yet replayed into the store.", registry=r)
+        self.quarantined = Counter("careloop_traffic_quarantined",
+                                   "Exchange rows the store refused (kept in the quarantine with the reason), and "
+                                   "WAL or spool files that could not be replayed.", registry=r)
+        self.client_disconnects = Counter("careloop_client_disconnects",
+                                          "Requests whose client left before the response ended (upstream "
+                                          "request cancelled).", registry=r)
+        self.rejected_connections = Counter("careloop_rejected_connections",
+                                            "Connections closed for over-long request lines or headers (414/431) "
+                                            "or slow clients (408).", ["reason"], registry=r)
         self.backpressure = Counter("careloop_traffic_log_backpressure",
                                     "Requests that waited for the log writer (queue above half full).", registry=r)
         self.sampled = Counter("careloop_sampled", "Exchanges sampled for judging, by adapter.", ["adapter"],

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
-from service.asgi import Receive, Scope, Send, read_body
+from service.asgi import CLIENT_GONE, Receive, Scope, Send, read_body
 from service.errors import GatewayError, bad_request, not_found, send_error, upstream_error
 from service.failover import Breakers
+from service.limits import check_generation_params
 from service.ratelimit import charge_tokens, check_access
 from service.request_id import RequestIds, request_ids
 from service.routing import choose
@@ -181,6 +182,7 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
         if req["model"] != settings.public_model:
             raise not_found(f"the model '{req['model']}' does not exist; this gateway serves "
                             f"'{settings.public_model}'", "model_not_found")
+        check_generation_params(req, settings.gateway)
         routes = gw.routes
         if not routes.known:
             raise upstream_error(503, "the gateway has not reached vLLM yet; retry shortly",
@@ -190,7 +192,7 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
         return
 
     user_id = req.get("user") or user_header or session_header
-    choice = choose(routes, user_id)
+    choice = choose(routes, user_id, secret=gw.user_key_secret)
     stream = bool(req.get("stream"))
     strip_usage = False
     if stream:
@@ -205,14 +207,19 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
 
     upstream_wait = 0.0
     status = 0
-    response: bytes | list[bytes] | None = None
     error: str | None = None
+    failure: GatewayError | None = None
+    log = gw.traffic_log
+    # The record goes to the log (its WAL first) before the last byte of the response goes out.
+    record = Record(exchange_id, created, public_model, choice.target, choice.role, choice.user_key, req, None,
+                    0, stream, sampled, 0.0, request_id=ids.request_id, trace_id=ids.trace_id, key_name=key_name)
     session = gw.upstreams.session
     assert session is not None
     started = False
     try:
         resp, wait = await send_upstream(gw, session, payload, ids.upstream_headers(gw.upstreams.headers))
         upstream_wait += wait
+        completed = False
         try:
             status = resp.status
             ctype = resp.headers.get("Content-Type", "application/json").encode("latin-1")
@@ -220,7 +227,9 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
                 t_up = time.perf_counter()
                 data = await resp.read()
                 upstream_wait += time.perf_counter() - t_up
-                response = data
+                record.response, record.status = data, status
+                record.latency_ms = (time.perf_counter() - t0) * 1000.0
+                log.submit(record)
                 await send({"type": "http.response.start", "status": status,
                             "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode()),
                                         *id_header]})
@@ -228,7 +237,7 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
                 await send({"type": "http.response.body", "body": data})
             else:
                 chunks: list[bytes] = []
-                response = chunks
+                record.response = chunks
                 await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + id_header})
                 started = True
                 disconnected = asyncio.ensure_future(receive())
@@ -263,37 +272,49 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
                             break
                     if pending and status != 499:
                         await send({"type": "http.response.body", "body": pending, "more_body": True})
+                    if status != 499:
+                        record.status = 200
+                        record.latency_ms = (time.perf_counter() - t0) * 1000.0
+                        log.submit(record)
                     await send({"type": "http.response.body", "body": b""})
                 finally:
                     disconnected.cancel()
+            completed = status != 499
         finally:
-            if status == 499:
-                resp.close()  # stop vLLM generating for a client that left
-            else:
+            if completed:
                 resp.release()
+            else:
+                resp.close()  # stop vLLM generating for a client that left (or a failed read)
     except GatewayError as exc:
-        status, error = exc.status, exc.message
-        await send_error(send, exc, id_header)
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        status, error = 504, f"vLLM timed out: {exc or 'no data within the read timeout'}"
-        await _fail_late(send, started, upstream_error(504, error, "upstream_timeout"), id_header)
+        status, error, failure = exc.status, exc.message, exc
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        status, error = 504, "the model server sent nothing within the read timeout"
+        failure = upstream_error(504, error, "upstream_timeout")
     except aiohttp.ClientError as exc:
-        status, error = 502, f"vLLM failed mid-request: {exc!r}"
-        await _fail_late(send, started, upstream_error(502, error, "bad_gateway"), id_header)
+        status, error = 502, f"the model server broke the response off ({_error_kind(exc)})"
+        failure = upstream_error(502, error, "bad_gateway")
+    except asyncio.CancelledError:
+        if not scope.get(CLIENT_GONE):
+            raise
+        status, error = 499, "client disconnected; upstream request cancelled"
 
     total = time.perf_counter() - t0
+    if record.status == 0:  # not logged yet: an error, or a client that left
+        record.status, record.error, record.latency_ms = status, error, total * 1000.0
+        log.submit(record)
+    if failure is not None:
+        await _fail_late(send, started, failure, id_header)
     metrics = gw.metrics
     metrics.overhead.observe(max(total - upstream_wait, 0.0))
     metrics.observe_upstream(choice.target, upstream_wait)
     metrics.count_request(choice.target, status, key_name or "none")
     if status == 200:
-        charge_tokens(gw.limiter, key, response)
+        charge_tokens(gw.limiter, key, record.response)
     if gw.tracing:
         gateway_span(ids, exchange_id, created, total, choice.target, choice.role, status, key_name, stream, error)
-    log = gw.traffic_log
-    log.submit(Record(exchange_id, created, public_model, choice.target, choice.role, choice.user_key,
-                      req, response, status, stream, sampled, total * 1000.0, error, ids.request_id,
-                      ids.trace_id, key_name))
+    if status == 499:
+        metrics.client_disconnects.inc()
+        return
     if log.depth > log.high_water:
         await log.wait_for_room()
 
@@ -334,6 +355,19 @@ async def send_upstream(gw: Gateway, session: aiohttp.ClientSession, payload: by
     raise upstream_error(503, f"vLLM is unreachable: {type(last_exc).__name__}", "upstream_unavailable")
 
 
+def _error_kind(exc: BaseException) -> str:
+    """What went wrong upstream, by kind only: never the exception's text (it can hold headers or addresses)."""
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "truncated body"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "malformed response"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return "connection error"
+    return "protocol error"
+
+
 async def _fail_late(send: Send, started: bool, exc: GatewayError, headers: list[tuple[bytes, bytes]]) -> None:
     """Report an upstream failure: as a response if none has started, else as a final SSE error event."""
     if not started:
@@ -350,13 +384,11 @@ async def _reject(gw: Gateway, send: Send, exc: GatewayError, headers: list[tupl
                   key_name: str | None = None) -> None:
     """Answer a request the gateway refuses before proxying; counted, and logged when it got that far."""
     gw.metrics.count_request("none", exc.status, key_name or "none")
-    await send_error(send, exc, headers)
     if exchange_id is not None:
         req = req or {}
-        model = req.get("model")
         stream = req.get("stream")
         gw.traffic_log.submit(Record(
-            exchange_id, created, model[:128] if isinstance(model, str) else gw.settings.public_model,
-            "none", "stable", None, req, None, exc.status, stream is True, False,
-            (time.perf_counter() - t0) * 1000.0, exc.message, ids.request_id if ids else None,
-            ids.trace_id if ids else None, key_name))
+            exchange_id, created, gw.settings.public_model, "none", "stable", None, req, None, exc.status,
+            stream is True, False, (time.perf_counter() - t0) * 1000.0, exc.message,
+            ids.request_id if ids else None, ids.trace_id if ids else None, key_name))
+    await send_error(send, exc, headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
 from dataclasses import dataclass, field
 
@@ -33,12 +34,13 @@ class Choice:
 
     target: str
     role: str  # stable | canary
-    user_key: str | None  # 16-hex hash of the user/session id; None when the request named none
+    user_key: str | None  # 32-hex keyed hash of the user/session id; None when the request named none
 
 
-def user_key(user_id: str) -> str:
-    """A stable, non-reversible key for a user/session id (what the traffic log stores)."""
-    return hashlib.blake2b(user_id.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+def user_key(user_id: str, secret: bytes = b"") -> str:
+    """A stable key for a user/session id (what the traffic log stores): HMAC-SHA256 under the gateway's
+    secret, so nobody without the secret can test guesses of ids against it."""
+    return hmac.new(secret, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
 
 
 def canary_bucket(canary: str, user_id: str) -> float:
@@ -48,12 +50,12 @@ def canary_bucket(canary: str, user_id: str) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def choose(routes: Routes, user_id: str | None, rand: random.Random | None = None) -> Choice:
+def choose(routes: Routes, user_id: str | None, rand: random.Random | None = None, secret: bytes = b"") -> Choice:
     """Pick the target: the canary for users whose bucket falls under the canary share, else the stable one.
 
     Requests that name no user or session are split per request.
     """
-    key = user_key(user_id) if user_id else None
+    key = user_key(user_id, secret) if user_id else None
     if routes.canary and routes.canary_fraction > 0.0:
         point = canary_bucket(routes.canary, user_id) if user_id else (rand or random).random()
         if point < routes.canary_fraction:

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import uvicorn
 
 from service.app import Gateway, create_app
+from service.limits import HeadLimits, guarded_protocol
+from service.scrub import install_log_scrubber
 from service.settings import Settings
 
 
 def uvicorn_config(settings: Settings, log_level: str = "info", app: Gateway | None = None) -> uvicorn.Config:
     """The uvicorn configuration the gateway runs with (also used by tests)."""
+    gateway = app or create_app(settings, freeze_gc=True)
     return uvicorn.Config(
-        app or create_app(settings, freeze_gc=True),
+        gateway,
         host=settings.gateway.host,
         port=settings.gateway.port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(HeadLimits.of(settings.gateway), gateway.metrics),
         lifespan="on",
         workers=1,
         access_log=False,
@@ -35,8 +39,13 @@ def run_gateway(settings: Settings, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM; on shutdown, in-flight requests finish and the traffic log drains."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Everything the gateway creates (SQLite files, spool, WAL, quarantine, its folders) is 0600 / 0700; folders
+    # that already exist (a shared data dir other processes also read) are left as they are.
+    os.umask(0o077)
     settings.ensure_dirs()
     # The traffic-log thread parses and redacts batches; a shorter GIL switch interval hands the event loop
     # the GIL back within ~1 ms instead of 5 ms, which is what keeps the p99 of the gateway's own time low.
     sys.setswitchinterval(settings.gateway.gil_switch_interval_s)
-    uvicorn.Server(uvicorn_config(settings, log_level)).run()
+    config = uvicorn_config(settings, log_level)
+    install_log_scrubber()  # after uvicorn set up its handlers: no secret or internal address in a log line
+    uvicorn.Server(config).run()

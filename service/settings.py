@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,6 +36,23 @@ class GatewaySettings(BaseModel):
     # sys.setswitchinterval for the gateway process: how soon the event loop gets the GIL back from the
     # traffic-log writer thread (Python's default is 0.005 s).
     gil_switch_interval_s: float = 0.001
+    durable_log: bool = Field(default=True, description=(
+        "Append each exchange to the encrypted write-ahead log before its response ends, so a killed gateway "
+        "loses no answered exchange (the next start replays it)."))
+    # Hostile input (service/limits.py).
+    max_request_line_bytes: int = Field(default=8192, description="Longest request line (method, URL); 414 past it.")
+    max_header_count: int = Field(default=100, description="Most request headers; 431 past it.")
+    max_header_bytes: int = Field(default=32768, description="Most bytes of request headers in all; 431 past it.")
+    header_timeout_s: float = Field(default=10.0, description=(
+        "A client must send its whole request line and headers within this; else 408 and the connection closes."))
+    body_timeout_s: float = Field(default=30.0, description=(
+        "A client must send its whole body within this after its headers; else 408 and the connection closes."))
+    max_n: int = Field(default=1, description="Largest `n` (choices per request) forwarded; more is a 400.")
+    max_logprobs: int = Field(default=5, description="Largest `top_logprobs` forwarded; more is a 400.")
+    model_max_tokens: int = Field(default=8192, description=(
+        "The served model's context length: `max_tokens`/`max_completion_tokens` above it are clamped to it."))
+    allow_template_kwargs: bool = Field(default=False, description=(
+        "Forward `chat_template`, `chat_template_kwargs` and similar vLLM template fields (stripped otherwise)."))
 
 
 class JudgeEndpoint(BaseModel):
@@ -258,7 +275,13 @@ class Settings(BaseSettings):
     upstream_replicas: list[str] = Field(default_factory=list)
     upstream_api_key: str | None = None
     database_url: str | None = None
-    admin_token: str | None = None
+    admin_token: str | None = Field(default=None, description=(
+        "Bearer token of the admin API (trimmed; at least 16 characters). Unset: the admin API is off."))
+    user_key_secret_file: Path | None = Field(default=None, description=(
+        "The HMAC secret that keys stored user keys (made on first start, 0600). None: <home>/secrets/user-key."))
+    wal_key_file: Path | None = Field(default=None, description=(
+        "The key that encrypts the write-ahead log (made on first start, 0600; mount a Kubernetes Secret here to "
+        "keep it off the data volume). None: <home>/secrets/wal.key."))
     public_model: str = "assistant"
     base_model: str = "smollm2-135m"  # the name vLLM serves the base weights under
     # Where the base weights live (a cluster mounts them from the shared volume); None: the embedded model.
@@ -286,6 +309,11 @@ class Settings(BaseSettings):
     # The oversight console (issue 20); its class is at the end of this file.
     console: ConsoleSettings = Field(default_factory=lambda: ConsoleSettings(),
                                      description="The oversight console: people, review, approvals.")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: str | None) -> str | None:
+        return check_admin_token(value)
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
@@ -346,6 +374,21 @@ class Settings(BaseSettings):
         return self.home / "spool"
 
     @property
+    def wal_dir(self) -> Path:
+        """The gateway's write-ahead log (one folder per process)."""
+        return self.home / "wal"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Exchange rows the store refused and files that could not be replayed."""
+        return self.home / "quarantine"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Secrets the service makes for itself (0700)."""
+        return self.home / "secrets"
+
+    @property
     def judges_dir(self) -> Path:
         """Where distilled-judge artefacts are kept."""
         return self.home / "judges"
@@ -355,6 +398,22 @@ class Settings(BaseSettings):
         for path in (self.home, self.models_dir, self.adapters_dir, self.runs_dir, self.reports_dir,
                      self.spool_dir, self.judges_dir):
             path.mkdir(parents=True, exist_ok=True)
+
+
+MIN_ADMIN_TOKEN = 16
+
+
+def check_admin_token(value: str | None) -> str | None:
+    """The admin token trimmed; None when unset; a clear error when it is too short to be a secret."""
+    if value is None:
+        return None
+    token = value.strip()
+    if not token:
+        return None
+    if len(token) < MIN_ADMIN_TOKEN:
+        raise ValueError(f"CARELOOP_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters (got {len(token)}); "
+                         "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return token
 
 
 def load_settings(**overrides: Any) -> Settings:

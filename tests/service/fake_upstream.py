@@ -21,6 +21,7 @@ class FakeUpstream:
     release: asyncio.Event | None = None  # when set, a stream waits for it after its first content chunk
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)  # the headers of each chat request
+    cancelled: int = 0  # chat requests whose client (the gateway) went away before the answer ended
     admin_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     loaded: set[str] = field(default_factory=set)
     refuse_loads: set[str] = field(default_factory=set)  # adapter names this replica fails to load
@@ -39,7 +40,7 @@ class FakeUpstream:
         app.router.add_get("/health", self._health)
         app.router.add_post("/v1/load_lora_adapter", self._load)
         app.router.add_post("/v1/unload_lora_adapter", self._unload)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.2)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.2, handler_cancellation=True)
         await self.runner.setup()
         self.port = self.port or free_port()  # a restarted fake keeps its port
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
@@ -73,6 +74,13 @@ class FakeUpstream:
         return web.Response(text="Success")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._answer(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.cancelled += 1
+            raise
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         req = orjson.loads(await request.read())
         self.requests.append(req)
         self.headers.append(dict(request.headers))

@@ -18,7 +18,7 @@ from tests.service.gateway_helpers import running_gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHAT = "/v1/chat/completions"
 

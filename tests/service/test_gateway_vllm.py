@@ -25,7 +25,7 @@ QUESTION = [{"role": "user", "content": "My email is ann@example.org. What is a 
 def vllm_settings(settings: Settings, vllm_url: str) -> Settings:
     settings.upstream = vllm_url
     settings.sample_rate = 1.0
-    settings.admin_token = "tok"
+    settings.admin_token = "tok-0123456789abcdef"
     settings.gateway.log_flush_interval_s = 0.05
     return settings
 

@@ -24,12 +24,12 @@ def test_env_yaml_and_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     cfg.write_text("sample_rate: 0.25\nmonitor:\n  alpha: 0.8\n  kappa_floor: 0.5\n")
     monkeypatch.setenv("CARELOOP_CONFIG_FILE", str(cfg))
     monkeypatch.setenv("CARELOOP_MONITOR__ALPHA", "0.7")
-    monkeypatch.setenv("CARELOOP_ADMIN_TOKEN", "t0k")
+    monkeypatch.setenv("CARELOOP_ADMIN_TOKEN", " t0k-long-enough-1234\n")
     s = load_settings(public_model="medbot", upstream=None)
     assert s.sample_rate == 0.25  # from YAML
     assert s.monitor.alpha == 0.7  # env beats YAML
     assert s.monitor.kappa_floor == 0.5
-    assert s.admin_token == "t0k"
+    assert s.admin_token == "t0k-long-enough-1234"
     assert s.public_model == "medbot"  # explicit override
     assert s.upstream == "http://127.0.0.1:8000"  # None overrides are ignored
 

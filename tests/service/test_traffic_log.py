@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from sqlmodel import Session, select
 from service.metrics import GatewayMetrics
 from service.schema import Exchange
 from service.store import init_db, make_engine
-from service.traffic_log import Record, TrafficLog, parse_stream
+from service.traffic_log import Record, TrafficLog, build_row, parse_stream
 from tests.conftest import free_port
+from tests.service.procs import Forwarder
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -105,37 +107,6 @@ async def test_store_down_spools_then_replays_sqlite(tmp_path: Path) -> None:
     assert log.store_ok and not list(spool.glob("*.jsonl"))
 
 
-class Forwarder:
-    """A TCP port that forwards to PostgreSQL while open: closing it makes the store unreachable."""
-
-    def __init__(self, target_port: int = 5432) -> None:
-        self.port = free_port()
-        self.target_port = target_port
-        self.server: asyncio.Server | None = None
-
-    async def open(self) -> None:
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                writer.close()
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-
-
 @pytest.mark.postgres
 async def test_store_down_spools_then_replays_postgres(tmp_path: Path, pg_url: str) -> None:
     direct = make_engine(pg_url)
@@ -177,3 +148,93 @@ async def test_backpressure_waits_for_the_writer_instead_of_dropping(tmp_path: P
     assert b"careloop_traffic_log_backpressure_total 1.0" in metrics.render()
     await log.drain()
     assert count(engine) == 38
+
+
+def poisoned(i: int, kind: str) -> Record:
+    """A record whose row the store refuses: usage beyond any integer column, or a NUL byte (PostgreSQL)."""
+    r = record(i)
+    if kind == "bigint":
+        r.response = orjson.dumps({"choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}],
+                                   "usage": {"prompt_tokens": 2**63 + 5, "completion_tokens": 1}})
+    else:  # a rejected request whose model name holds a NUL byte
+        r.status, r.response, r.error = 404, None, "the model 'gpt\x00x' does not exist"
+        r.request = {"model": "gpt\x00x", "messages": [{"role": "user", "content": "a\x00b"}]}
+    return r
+
+
+async def poison_run(engine: Engine, tmp_path: Path, kinds: list[str]) -> TrafficLog:
+    metrics = GatewayMetrics()
+    log = TrafficLog(engine, tmp_path / "spool", metrics, batch_size=100, flush_interval_s=0.05,
+                     quarantine_dir=tmp_path / "quarantine")
+    log.start()
+    for i in range(300):
+        log.submit(poisoned(i, kinds[(i // 50) % len(kinds)]) if i % 50 == 7 else record(i))
+    await log.drain()
+    return log
+
+
+async def test_poison_rows_are_quarantined_alone_sqlite(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    init_db(engine)
+    log = await poison_run(engine, tmp_path, ["bigint"])
+    assert count(engine) == 294 and log.quarantined == 6 and log.store_ok
+    assert b"careloop_traffic_quarantined_total 6.0" in log.metrics.render()
+    lines = [orjson.loads(line) for p in (tmp_path / "quarantine").glob("rows-*.jsonl")
+             for line in p.read_bytes().splitlines()]
+    assert len(lines) == 6 and all("Overflow" in q["reason"] or "int" in q["reason"] for q in lines)
+    assert all("123-45-6789" not in orjson.dumps(q).decode() for q in lines)  # redacted there too
+    assert not list((tmp_path / "spool").glob("*.jsonl"))
+
+
+@pytest.mark.postgres
+async def test_poison_rows_are_quarantined_alone_postgres(tmp_path: Path, pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    init_db(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM verdict")
+        conn.exec_driver_sql("DELETE FROM exchange")
+    log = await poison_run(engine, tmp_path, ["bigint", "nul"])
+    assert count(engine) == 294 and log.quarantined == 6 and log.store_ok
+    reasons = [orjson.loads(line)["reason"] for p in (tmp_path / "quarantine").glob("rows-*.jsonl")
+               for line in p.read_bytes().splitlines()]
+    assert any("NUL" in r for r in reasons) and any("range" in r or "Numeric" in r for r in reasons)
+    engine.dispose()
+
+
+async def test_replay_moves_past_a_bad_spool_file(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    init_db(engine)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "exchanges-1-1.jsonl").write_bytes(b"\xff\xfe not json\n{\"id\": 1}\n")
+    (spool / "exchanges-2-1.jsonl").mkdir()  # unreadable as a file
+    log = TrafficLog(engine, spool, GatewayMetrics(), batch_size=10, flush_interval_s=0.05,
+                     quarantine_dir=tmp_path / "quarantine")
+    log._spool([build_row(record(i)) for i in range(5)])  # a good file after the bad ones
+    log.start()
+    log.submit(record(99))
+    await wait_for(lambda: count(engine) == 6)
+    await log.drain()
+    assert not list(spool.glob("exchanges-*.jsonl"))
+    assert log.quarantined == 2 and list((tmp_path / "quarantine" / "files").iterdir())
+
+
+async def test_a_dead_gateways_wal_is_stored_at_start(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    init_db(engine)
+    key = b"s" * 32
+    first = TrafficLog(engine, tmp_path / "spool", GatewayMetrics(), wal_dir=tmp_path / "wal", wal_key=key)
+    first.start()
+    for i in range(40):
+        first.submit(record(i))
+    assert first._task is not None
+    first._task.cancel()  # the process "dies": nothing written, the WAL folder stays (and its lock is let go)
+    assert first.wal is not None
+    os.close(first.wal._lock_fd)
+    assert count(engine) == 0
+    second = TrafficLog(engine, tmp_path / "spool", GatewayMetrics(), wal_dir=tmp_path / "wal", wal_key=key)
+    second.start()
+    await wait_for(lambda: count(engine) == 40)
+    await second.drain()
+    assert second.recovered == 40
+    assert not list((tmp_path / "wal").iterdir())  # replayed, then removed; the live one closed cleanly
