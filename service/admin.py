@@ -186,6 +186,7 @@ async def _status(gw: Gateway) -> dict[str, Any]:
     except Exception as exc:  # the store may be down; status still answers
         out["registry"] = {"error": str(exc)}
     out["upstream_health"] = await gw.probe_upstreams()
+    out["breakers_closed"] = {url: gw.upstreams.breakers.up(url) for url in gw.upstreams.urls}
     return out
 
 

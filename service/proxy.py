@@ -335,8 +335,8 @@ async def send_upstream(gw: Gateway, session: aiohttp.ClientSession, payload: by
         t_up = time.perf_counter()
         try:
             resp = await session.post(url + "/v1/chat/completions", data=payload, headers=headers)
-        except (aiohttp.ServerTimeoutError, TimeoutError):
-            raise
+        except (aiohttp.ServerTimeoutError, TimeoutError, aiohttp.ClientResponseError):
+            raise  # busy generating, or it answered something malformed (502): not a connection failure
         except aiohttp.ClientError as exc:  # no response from this replica: try the next one
             wait += time.perf_counter() - t_up
             breakers.failure(url)

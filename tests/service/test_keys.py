@@ -102,14 +102,14 @@ def test_cli_create_list_revoke(settings: Settings, monkeypatch: pytest.MonkeyPa
 def keyed(settings: Settings, fake: FakeUpstream) -> Settings:
     settings.upstream = fake.url
     settings.keys.require = "on"
-    settings.admin_token = "admin-secret"
+    settings.admin_token = "admin-secret-0123456789"
     upgrade(settings.database_url or "")
     return settings
 
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_gateway_requires_a_valid_key_and_records_its_name(keyed: Settings) -> None:
-    admin = {"Authorization": "Bearer admin-secret"}
+    admin = {"Authorization": "Bearer admin-secret-0123456789"}
     async with running_gateway(keyed) as (_gw, url), aiohttp.ClientSession() as client:
         resp = await client.post(url + CHAT, json=BODY)
         assert resp.status == 401
