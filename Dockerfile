@@ -27,6 +27,7 @@ COPY service/ service/
 COPY monitor/ monitor/
 COPY retrain/ retrain/
 COPY careloop/ careloop/
+COPY constraints.txt /wheels/constraints.txt
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # --- venv-gateway: careloop with its base dependencies only (the gateway's: no torch) -------------------
@@ -34,13 +35,14 @@ FROM python AS venv-gateway
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install /wheels/careloop-*.whl \
+    pip install -c /wheels/constraints.txt /wheels/careloop-*.whl \
     && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
 # --- venv-train: + the `train` extra (torch, transformers, TRL, PEFT, accelerate, sentence-transformers) -
 FROM venv-gateway AS venv-train
 ARG TORCH_INDEX_URL=""
-# The versions come from pyproject.toml's `train` extra (torch and trl are pinned there).
+# The versions come from pyproject.toml's `train` extra (torch and trl are pinned there); not constraints.txt,
+# whose torch is the CPU build the lock was tested with, while this image takes the accelerator's torch.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     set -eu; \
@@ -59,7 +61,7 @@ ARG CPU_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     set -eu; \
-    pip install --extra-index-url "${CPU_TORCH_INDEX_URL}" "$(ls /wheels/careloop-*.whl)[cpu]"; \
+    pip install -c /wheels/constraints.txt --extra-index-url "${CPU_TORCH_INDEX_URL}" "$(ls /wheels/careloop-*.whl)[cpu]"; \
     pip uninstall -y torchvision torchaudio torchcodec || true
 
 # --- runtime: what every final image shares (non-root user, tini, the vendored data) ---------------------

