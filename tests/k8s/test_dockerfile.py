@@ -111,7 +111,8 @@ def test_gateway_is_the_default_target_and_carries_no_training_stack() -> None:
     sources = copied_from(gateway)
     assert "venv-gateway" in sources and "venv-train" not in sources
     venv_stage = BY_NAME["venv-gateway"]
-    assert any("pip install /wheels/careloop-*.whl" in run for run in venv_stage.args("RUN"))
+    assert any("pip install -c /wheels/constraints.txt /wheels/careloop-*.whl" in run
+               for run in venv_stage.args("RUN"))  # with the tested versions
     assert installed_extras(venv_stage) == set()
     # The image build itself fails if torch sneaks into the gateway venv.
     assert any("find_spec('torch')" in run for run in venv_stage.args("RUN"))
