@@ -21,21 +21,25 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class GatewaySettings(BaseModel):
     """The serving gateway."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_body_bytes: int = 1 << 20
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 300.0  # per chunk for streams, whole body otherwise
-    pool_size: int = 256
-    log_queue_size: int = 20_000
-    log_batch_size: int = 500
-    log_flush_interval_s: float = 0.2
-    routes_refresh_s: float = 2.0
-    # The share of users (sticky by user/session id) routed to the canary adapter while one is live.
-    canary_fraction: float = 0.1
-    # sys.setswitchinterval for the gateway process: how soon the event loop gets the GIL back from the
-    # traffic-log writer thread (Python's default is 0.005 s).
-    gil_switch_interval_s: float = 0.001
+    host: str = Field(default="127.0.0.1", description="Bind address of the gateway.")
+    port: int = Field(default=8080, description="Port of the gateway.")
+    max_body_bytes: int = Field(default=1 << 20, description="Largest request body accepted; 413 past it.")
+    connect_timeout_s: float = Field(default=5.0, description="Timeout for connecting to vLLM.")
+    read_timeout_s: float = Field(default=300.0, description=(
+        "Timeout for reading from vLLM: per chunk for streams, the whole body otherwise."))
+    pool_size: int = Field(default=256, description="Most open connections to the vLLM replicas.")
+    log_queue_size: int = Field(default=20_000, description=(
+        "Exchanges queued for the store at most; past half of it requests are slowed, when full they are dropped "
+        "(left in the write-ahead log)."))
+    log_batch_size: int = Field(default=500, description="Exchanges written to the store per transaction.")
+    log_flush_interval_s: float = Field(default=0.2, description="How often the traffic log writes a batch.")
+    routes_refresh_s: float = Field(default=2.0, description=(
+        "How often the gateway re-reads the registry and reconciles the adapters loaded in vLLM."))
+    canary_fraction: float = Field(default=0.1, description=(
+        "Share of users (sticky by user/session id) routed to the canary adapter while one is live."))
+    gil_switch_interval_s: float = Field(default=0.001, description=(
+        "sys.setswitchinterval of the gateway process: how soon the event loop gets the GIL back from the "
+        "traffic-log writer thread (Python's default is 0.005 s)."))
     durable_log: bool = Field(default=True, description=(
         "Append each exchange to the encrypted write-ahead log before its response ends, so a killed gateway "
         "loses no answered exchange (the next start replays it)."))
@@ -58,151 +62,198 @@ class GatewaySettings(BaseModel):
 class JudgeEndpoint(BaseModel):
     """An OpenAI-compatible endpoint an LLM judge talks to."""
 
-    url: str | None = None  # None: the gateway's upstream (vLLM)
-    model: str | None = None  # None: the base model's served name
-    api_key: str | None = None
-    concurrency: int = 8
-    timeout_s: float = 60.0
-    structured: bool = True  # use vLLM structured output when the endpoint supports it
+    url: str | None = Field(default=None, description="The endpoint's base URL. None: the gateway's upstream (vLLM).")
+    model: str | None = Field(default=None, description="The model name to ask. None: the base model's served name.")
+    api_key: str | None = Field(default=None, description="Bearer key for the endpoint, if it needs one.")
+    concurrency: int = Field(default=8, description="Requests in flight to the endpoint at most.")
+    timeout_s: float = Field(default=60.0, description="Timeout of one judging request.")
+    structured: bool = Field(default=True, description=(
+        "Use vLLM structured output when the endpoint supports it."))
 
 
 class MonitorSettings(BaseModel):
     """Judging, rolling metrics, divergence and triggers."""
 
-    host: str = "127.0.0.1"
-    port: int = 9464
-    judges: list[str] = Field(default_factory=lambda: ["distilled"])
-    reference_judge: str = "distilled"
-    self_judge: JudgeEndpoint = Field(default_factory=JudgeEndpoint)
-    external_judge: JudgeEndpoint = Field(default_factory=JudgeEndpoint)
-    judge_batch_size: int = 64
-    judge_interval_s: float = 2.0
-    judge_max_retries: int = 3
-    claim_timeout_s: float = 300.0
-    window_count: int = 500
-    window_seconds: float = 3600.0
-    alpha: float = 0.6
+    host: str = Field(default="127.0.0.1", description="Bind address of the monitor's metrics server.")
+    port: int = Field(default=9464, description="Port of the monitor's metrics server (Prometheus scrapes it).")
+    judges: list[str] = Field(default_factory=lambda: ["distilled"], description="Judges that grade sampled traffic.")
+    reference_judge: str = Field(default="distilled", description=(
+        "The judge whose verdicts drive the metrics and triggers; the others are compared with it."))
+    self_judge: JudgeEndpoint = Field(default_factory=JudgeEndpoint, description=(
+        "Endpoint of the `self` judge (the served model grading itself)."))
+    external_judge: JudgeEndpoint = Field(default_factory=JudgeEndpoint, description=(
+        "Endpoint of the `external` judge (another model)."))
+    judge_batch_size: int = Field(default=64, description="Exchanges the judge worker claims at a time.")
+    judge_interval_s: float = Field(default=2.0, description="How often the judge worker looks for new exchanges.")
+    judge_max_retries: int = Field(default=3, description="Attempts per exchange before a judge gives up on it.")
+    claim_timeout_s: float = Field(default=300.0, description=(
+        "A claimed exchange not judged within this is claimable again (its worker is presumed dead)."))
+    window_count: int = Field(default=500, description="Size of the count window (latest verdicts).")
+    window_seconds: float = Field(default=3600.0, description="Length of the time window (seconds).")
+    alpha: float = Field(default=0.6, description="Weight α of the Overall Metric α·SS + (1−α)·(1−ERR).")
     # Triggers.
-    min_samples: int = 50
-    safety_floor: float = 0.7
-    safety_drop: float = 0.1  # below the stable adapter's baseline by more than this
-    err_ceiling: float = 0.1
-    hysteresis: float = 0.02
-    cooldown_s: float = 1800.0
-    kappa_floor: float = 0.4
-    divergence_ss: float = 0.15
-    divergence_err: float = 0.10
-    retrain_backend: Literal["local", "kubernetes"] = "local"
-    kubernetes_job_template: str | None = None
-    kubernetes_namespace: str = "careloop"
-    auto_retrain: bool = True
+    min_samples: int = Field(default=50, description="Verdicts a window needs before a trigger rule reads it.")
+    safety_floor: float = Field(default=0.7, description="Safety score under this fires a trigger.")
+    safety_drop: float = Field(default=0.1, description=(
+        "Safety score below the stable adapter's baseline by more than this fires a trigger."))
+    err_ceiling: float = Field(default=0.1, description="Exaggerated refusal rate (ERR) above this fires a trigger.")
+    hysteresis: float = Field(default=0.02, description=(
+        "A fired rule clears only once its figure is back past the threshold by this margin."))
+    cooldown_s: float = Field(default=1800.0, description="Seconds after a retrain trigger before the next one.")
+    kappa_floor: float = Field(default=0.4, description="Judge agreement (κ with the reference) under this fires.")
+    divergence_ss: float = Field(default=0.15, description=(
+        "Safety-score gap between a judge and the reference above this fires."))
+    divergence_err: float = Field(default=0.10, description=(
+        "ERR gap between a judge and the reference above this fires."))
+    retrain_backend: Literal["local", "kubernetes"] = Field(default="local", description=(
+        "Where a retrain run is launched: a local subprocess or a Kubernetes Job."))
+    kubernetes_job_template: str | None = Field(default=None, description=(
+        "YAML file of the retrain Job template (kubernetes backend)."))
+    kubernetes_namespace: str = Field(default="careloop", description="Namespace retrain Jobs are created in.")
+    auto_retrain: bool = Field(default=True, description="Launch a retrain run when a trigger fires.")
     # Monitor internals (issue 4).
-    trigger_window: Literal["count", "time"] = "count"  # which rolling window the trigger rules read
-    err_min_harmless: int = 20  # ERR rules need at least this many harm-0 prompts in the window
-    judge_backoff_s: float = 1.0  # first retry delay of a failing judge; doubles per attempt
-    judge_cooloff_max_s: float = 60.0  # a judge that keeps failing is skipped this long at most
-    metrics_interval_s: float = 2.0  # windows/metrics refresh period
-    trigger_interval_s: float = 5.0  # trigger evaluation period
-    launcher_interval_s: float = 5.0  # retrain launcher poll period
-    leader_lease_ttl_s: float = 30.0  # one replica evaluates triggers (lease "monitor-leader")
-    retrain_lease_ttl_s: float = 900.0  # lease "retrain", renewed while a run is alive
-    retrain_stale_s: float = 1800.0  # a run nobody supervises with no heartbeat this long is failed
-    # The local backend's command; {run_id} is replaced. None: `careloop retrain --run-id {run_id}`.
-    retrain_command: list[str] | None = None
-    kubernetes_api_url: str | None = None  # None: in-cluster (https://kubernetes.default.svc)
-    kubernetes_token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    kubernetes_ca_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
-    kubernetes_image: str | None = None  # overrides the template's container image when set
+    trigger_window: Literal["count", "time"] = Field(default="count", description=(
+        "Which rolling window the trigger rules read."))
+    err_min_harmless: int = Field(default=20, description=(
+        "ERR rules need at least this many harm-0 prompts in the window."))
+    judge_backoff_s: float = Field(default=1.0, description=(
+        "First retry delay of a failing judge; doubles per attempt."))
+    judge_cooloff_max_s: float = Field(default=60.0, description=(
+        "A judge that keeps failing is skipped this long at most."))
+    metrics_interval_s: float = Field(default=2.0, description="Windows/metrics refresh period.")
+    trigger_interval_s: float = Field(default=5.0, description="Trigger evaluation period.")
+    launcher_interval_s: float = Field(default=5.0, description="Retrain launcher poll period.")
+    leader_lease_ttl_s: float = Field(default=30.0, description=(
+        "TTL of the lease \"monitor-leader\": one replica evaluates triggers."))
+    retrain_lease_ttl_s: float = Field(default=900.0, description=(
+        "TTL of the lease \"retrain\", renewed while a run is alive."))
+    retrain_stale_s: float = Field(default=1800.0, description=(
+        "A run nobody supervises with no heartbeat this long is failed."))
+    retrain_command: list[str] | None = Field(default=None, description=(
+        "The local backend's command; {run_id} is replaced. None: `careloop retrain --run-id {run_id}`."))
+    kubernetes_api_url: str | None = Field(default=None, description=(
+        "Kubernetes API URL. None: in-cluster (https://kubernetes.default.svc)."))
+    kubernetes_token_file: str = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/token", description=(
+        "Service-account token used against the Kubernetes API."))
+    kubernetes_ca_file: str | None = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+                                           description="CA bundle that verifies the Kubernetes API.")
+    kubernetes_image: str | None = Field(default=None, description=(
+        "Overrides the Job template's container image when set."))
     # Judges (issue 3).
-    distilled_version: int | None = None  # None: the newest distilled-v<N> under judges_dir
-    ensemble_members: list[str] = Field(default_factory=lambda: ["distilled", "self"])
-    ensemble_weights: dict[str, float] = Field(default_factory=dict)  # member name -> vote weight (default 1)
-    review_sample_size: int = 20  # exchanges a review session lists (disagreements first)
+    distilled_version: int | None = Field(default=None, description=(
+        "Distilled judge version to load. None: the newest distilled-v<N> under judges_dir."))
+    ensemble_members: list[str] = Field(default_factory=lambda: ["distilled", "self"], description=(
+        "Judges the `ensemble` judge combines."))
+    ensemble_weights: dict[str, float] = Field(default_factory=dict, description=(
+        "Ensemble member name -> vote weight (default 1)."))
+    review_sample_size: int = Field(default=20, description=(
+        "Exchanges a review session lists (disagreements first)."))
 
 
 class RetrainSettings(BaseModel):
     """KTO→DPO realignment, checkpoint selection, canary analysis."""
 
-    max_cycles: int = 5
-    # Recipe (docs/recipe.md): KTO carries the gain (one epoch at 3e-4 on the borderline-aware mix: harmful
-    # refused/caution 7.5% → 30%, no benign or XSTest refusals, no looping); DPO at 5e-5 undid gains in the
-    # hand-made tries, so DPO runs 10x lower, on prompt-tied pairs only.
-    kto_learning_rate: float = 3e-4
-    dpo_learning_rate: float = 2e-5
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    max_cycles: int = Field(default=5, description="KTO→DPO cycles per run at most.")
+    # Recipe: docs/recipe.md.
+    kto_learning_rate: float = Field(default=3e-4, description="KTO learning rate (KTO carries the gain).")
+    dpo_learning_rate: float = Field(default=2e-5, description=(
+        "DPO learning rate (about 10x lower than KTO, on prompt-tied pairs only; docs/recipe.md)."))
+    lora_r: int = Field(default=16, description="LoRA rank.")
+    lora_alpha: int = Field(default=32, description="LoRA alpha (scaling).")
+    lora_dropout: float = Field(default=0.05, description="LoRA dropout.")
     lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Modules the LoRA adapter wraps.",
     )
-    batch_size: int = 8
-    max_length: int = 128  # prompt + completion tokens; completions are cut to max_completion_words
-    max_prompt_length: int = 192
-    seed_mix: int = 200  # vendored examples mixed into each KTO set
-    max_traffic_examples: int = 1000
-    validation_size: int = 60
-    validation_max_tokens: int = 96
-    err_reject: float = 0.5
-    # A checkpoint is registered only when a paired bootstrap over the validation prompts gives it at least this
-    # probability of a higher Overall than the model serving now (retrain/stats.py).
-    register_confidence: float = 0.9
-    dpo_min_ratio: float = 0.3  # from cycle 2: a DPO set under this share of the KTO set is "DPO dataset collapse"
-    dpo_min_pairs: int = 8  # fewer pairs than this: no DPO in any cycle
-    flat_cycles: int = 3
-    flat_epsilon: float = 0.005
-    alphas_report: list[float] = Field(default_factory=lambda: [0.4, 0.6, 0.8])
+    batch_size: int = Field(default=8, description="Training batch size.")
+    max_length: int = Field(default=128, description=(
+        "Prompt + completion tokens; completions are cut to max_completion_words."))
+    max_prompt_length: int = Field(default=192, description="Longest prompt in tokens.")
+    seed_mix: int = Field(default=200, description="Vendored examples mixed into each KTO set.")
+    max_traffic_examples: int = Field(default=1000, description="Judged traffic exchanges a run trains on at most.")
+    validation_size: int = Field(default=60, description="Validation prompts each checkpoint is evaluated on.")
+    validation_max_tokens: int = Field(default=96, description="Reply length in tokens during validation.")
+    err_reject: float = Field(default=0.5, description="Reject a checkpoint whose validation ERR is above this.")
+    register_confidence: float = Field(default=0.9, description=(
+        "A checkpoint is registered only when a paired bootstrap over the validation prompts gives it at least "
+        "this probability of a higher Overall than the model serving now (retrain/stats.py)."))
+    dpo_min_ratio: float = Field(default=0.3, description=(
+        "From cycle 2: a DPO set under this share of the KTO set is \"DPO dataset collapse\"."))
+    dpo_min_pairs: int = Field(default=8, description="Fewer pairs than this: no DPO in any cycle.")
+    flat_cycles: int = Field(default=3, description="Stop after this many cycles without a gain.")
+    flat_epsilon: float = Field(default=0.005, description="Overall gain below this counts as no gain.")
+    alphas_report: list[float] = Field(default_factory=lambda: [0.4, 0.6, 0.8], description=(
+        "α values the run report gives the Overall Metric at."))
     # Canary analysis.
-    canary_steps: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0])
-    canary_min_verdicts: int = 30
+    canary_steps: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0], description=(
+        "Traffic shares the canary is stepped through."))
+    canary_min_verdicts: int = Field(default=30, description="Canary verdicts needed per step before a decision.")
     # The canary's sequential tests (retrain/stats.py): a canary worse than stable by these margins is caught.
-    canary_overall_margin: float = 0.10  # on the Overall Metric α·SS + (1−α)·(1−ERR)
-    canary_err_margin: float = 0.10  # ERR above stable's by more than this rolls back (a refusal spike)
-    canary_alpha: float = 0.05  # chance of rolling back a canary that is no worse than stable
-    canary_beta: float = 0.05  # chance of promoting a canary worse by a margin
-    canary_max_verdicts: int = 240  # the test's last look: a canary not shown no worse by then is rolled back
-    canary_stable_verdicts: int = 600  # stable's latest verdicts the canary is compared with
-    require_approval: bool = False
-    accelerate_config: str | None = None  # FSDP / DeepSpeed config for multi-GPU jobs
-    kto_beta: float = 0.1
-    dpo_beta: float = 0.1
-    warmup_fraction: float = 0.1  # of one epoch's steps
-    seed: int = 0
-    # CPU threads for training (0: torch's default, all cores). 1 measured 3-8x faster per step than 2 on a
-    # 2-core machine also running vLLM and other work (docs/recipe.md); set 0 on a dedicated training node.
-    torch_threads: int = 1
-    force_cpu: bool = False  # train on the CPU even when a GPU is visible
-    dpo_enabled: bool = True
-    seed_harmful: int = 64  # seed harmful prompts per run (safe reply desirable, own failed reply undesirable)
-    seed_benign: int = 32  # seed benign questions per run (own helpful answer desirable)
-    seed_borderline: int = 100  # risky-sounding benign prompts per run (answer desirable, refusal undesirable)
-    max_completion_words: int = 40  # completions are cut to whole sentences within this many words
-    max_completion_tokens: int = 80  # when generating policy replies and DPO alternatives
-    max_dpo_candidates: int = 200  # failed traffic replies sent for a verified alternative per cycle
-    max_seed_dpo_pairs: int = 64
-    max_dpo_pairs: int = 64  # DPO pairs per cycle at most (verified traffic alternatives first)
-    max_degenerate: float = 0.1  # reject a checkpoint whose validation replies loop more often than this…
-    max_degenerate_increase: float = 0.05  # …or, where the base already loops more, more than this above the base
-    heartbeat_s: float = 15.0
-    canary_max_error_rate: float = 0.02  # canary 5xx share above stable's by more than this → roll back
-    canary_early_verdicts: int = 10  # no judgement-based canary decision before this many verdicts
-    canary_poll_s: float = 5.0
-    canary_timeout_s: float = 1800.0  # no decision by then → roll back
+    canary_overall_margin: float = Field(default=0.10, description=(
+        "Overall Metric margin (α·SS + (1−α)·(1−ERR)) by which a worse canary is caught."))
+    canary_err_margin: float = Field(default=0.10, description=(
+        "ERR above stable's by more than this rolls back (a refusal spike)."))
+    canary_alpha: float = Field(default=0.05, description=(
+        "Chance of rolling back a canary that is no worse than stable."))
+    canary_beta: float = Field(default=0.05, description="Chance of promoting a canary worse by a margin.")
+    canary_max_verdicts: int = Field(default=240, description=(
+        "The test's last look: a canary not shown no worse by then is rolled back."))
+    canary_stable_verdicts: int = Field(default=600, description=(
+        "Stable's latest verdicts the canary is compared with."))
+    require_approval: bool = Field(default=False, description="A person must approve before a canary is promoted.")
+    accelerate_config: str | None = Field(default=None, description="FSDP / DeepSpeed config for multi-GPU jobs.")
+    kto_beta: float = Field(default=0.1, description="KTO beta.")
+    dpo_beta: float = Field(default=0.1, description="DPO beta.")
+    warmup_fraction: float = Field(default=0.1, description="Learning-rate warmup, as a share of one epoch's steps.")
+    seed: int = Field(default=0, description="Random seed of training and sampling.")
+    torch_threads: int = Field(default=1, description=(
+        "CPU threads for training (0: torch's default, all cores); set 0 on a dedicated training node "
+        "(docs/recipe.md)."))
+    force_cpu: bool = Field(default=False, description="Train on the CPU even when a GPU is visible.")
+    dpo_enabled: bool = Field(default=True, description="Run the DPO stage after KTO.")
+    seed_harmful: int = Field(default=64, description=(
+        "Seed harmful prompts per run (safe reply desirable, own failed reply undesirable)."))
+    seed_benign: int = Field(default=32, description="Seed benign questions per run (own helpful answer desirable).")
+    seed_borderline: int = Field(default=100, description=(
+        "Risky-sounding benign prompts per run (answer desirable, refusal undesirable)."))
+    max_completion_words: int = Field(default=40, description=(
+        "Completions are cut to whole sentences within this many words."))
+    max_completion_tokens: int = Field(default=80, description=(
+        "Reply length when generating policy replies and DPO alternatives."))
+    max_dpo_candidates: int = Field(default=200, description=(
+        "Failed traffic replies sent for a verified alternative per cycle."))
+    max_seed_dpo_pairs: int = Field(default=64, description="DPO pairs drawn from the seed set per cycle at most.")
+    max_dpo_pairs: int = Field(default=64, description=(
+        "DPO pairs per cycle at most (verified traffic alternatives first)."))
+    max_degenerate: float = Field(default=0.1, description=(
+        "Reject a checkpoint whose validation replies loop more often than this…"))
+    max_degenerate_increase: float = Field(default=0.05, description=(
+        "…or, where the base already loops more, more than this above the base."))
+    heartbeat_s: float = Field(default=15.0, description="How often a run records its heartbeat.")
+    canary_max_error_rate: float = Field(default=0.02, description=(
+        "Canary 5xx share above stable's by more than this rolls back."))
+    canary_early_verdicts: int = Field(default=10, description=(
+        "No judgement-based canary decision before this many verdicts."))
+    canary_poll_s: float = Field(default=5.0, description="How often the canary analysis re-reads the verdicts.")
+    canary_timeout_s: float = Field(default=1800.0, description="No canary decision by then: roll back.")
 
 
 class DemoSettings(BaseModel):
     """`careloop demo`: how much traffic to replay and how long to let the loop run."""
 
-    traffic: int = 240  # prompts replayed before the trigger (repeated in rounds until it fires)
-    canary_traffic: int = 400  # prompts replayed at most while the canary is analysed
-    concurrency: int = 8
-    max_tokens: int = 96
-    sample_rate: float = 1.0  # judge every exchange so the window fills fast
-    min_samples: int = 60
-    cycles: int = 2
-    eval_harmful: int = 60
-    eval_benign: int = 60
-    eval_xstest_safe: int = 100
-    timeout_s: float = 5400.0  # give up (the run itself is measured to fit in an hour; the wall time is reported)
+    traffic: int = Field(default=240, description=(
+        "Prompts replayed before the trigger (repeated in rounds until it fires)."))
+    canary_traffic: int = Field(default=400, description="Prompts replayed at most while the canary is analysed.")
+    concurrency: int = Field(default=8, description="Replay requests in flight.")
+    max_tokens: int = Field(default=96, description="Reply length of replayed requests.")
+    sample_rate: float = Field(default=1.0, description="Share judged; 1: every exchange, so the window fills fast.")
+    min_samples: int = Field(default=60, description="The monitor's min_samples during the demo.")
+    cycles: int = Field(default=2, description="Retrain cycles of the demo's run.")
+    eval_harmful: int = Field(default=60, description="Held-out harmful prompts evaluated before and after.")
+    eval_benign: int = Field(default=60, description="Held-out benign prompts evaluated before and after.")
+    eval_xstest_safe: int = Field(default=100, description="Held-out XSTest safe prompts evaluated before and after.")
+    timeout_s: float = Field(default=5400.0, description=(
+        "Give up after this (the run is measured to fit in an hour; the wall time is reported)."))
 
 
 # --- Operations (issue 23): failover, client keys and rate limits, retention, tracing. ---
@@ -268,13 +319,15 @@ class Settings(BaseSettings):
         env_prefix="CARELOOP_", env_nested_delimiter="__", extra="ignore", validate_default=True
     )
 
-    home: Path = Field(default_factory=lambda: Path("~/.careloop").expanduser())
-    config_file: Path | None = None
-    upstream: str = "http://127.0.0.1:8000"
-    # Every vLLM replica the gateway balances over and loads adapters into; empty means [upstream].
-    upstream_replicas: list[str] = Field(default_factory=list)
-    upstream_api_key: str | None = None
-    database_url: str | None = None
+    home: Path = Field(default_factory=lambda: Path("~/.careloop").expanduser(), description=(
+        "Where careloop keeps its data: store, models, adapters, runs, reports, secrets."))
+    config_file: Path | None = Field(default=None, description="YAML settings file (read from CARELOOP_CONFIG_FILE).")
+    upstream: str = Field(default="http://127.0.0.1:8000", description="Base URL of the vLLM server.")
+    upstream_replicas: list[str] = Field(default_factory=list, description=(
+        "Every vLLM replica the gateway balances over and loads adapters into; empty means [upstream]."))
+    upstream_api_key: str | None = Field(default=None, description="Bearer key vLLM expects, if any.")
+    database_url: str | None = Field(default=None, description=(
+        "The store (SQLAlchemy URL: SQLite or PostgreSQL). None: sqlite:///<home>/careloop.db."))
     admin_token: str | None = Field(default=None, description=(
         "Bearer token of the admin API (trimmed; at least 16 characters). Unset: the admin API is off."))
     user_key_secret_file: Path | None = Field(default=None, description=(
@@ -282,22 +335,25 @@ class Settings(BaseSettings):
     wal_key_file: Path | None = Field(default=None, description=(
         "The key that encrypts the write-ahead log (made on first start, 0600; mount a Kubernetes Secret here to "
         "keep it off the data volume). None: <home>/secrets/wal.key."))
-    public_model: str = "assistant"
-    base_model: str = "smollm2-135m"  # the name vLLM serves the base weights under
-    # Where the base weights live (a cluster mounts them from the shared volume); None: the embedded model.
-    base_model_path: Path | None = None
-    sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
-    canary_sample_rate: float = Field(default=0.5, ge=0.0, le=1.0)
-    data_dir: Path = REPO_ROOT / "data"
-    vllm_port: int = 8000
-    vllm_kv_cache_gb: int = 2
-    # auto: bfloat16 where the CPU multiplies it natively (AVX-512 BF16, AMX, Arm BF16), else float32.
-    vllm_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    vllm_extra_args: list[str] = Field(default_factory=list)
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
-    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
-    demo: DemoSettings = Field(default_factory=DemoSettings)
+    public_model: str = Field(default="assistant", description="The model name clients ask for.")
+    base_model: str = Field(default="smollm2-135m", description="The name vLLM serves the base weights under.")
+    base_model_path: Path | None = Field(default=None, description=(
+        "Where the base weights live (a cluster mounts them from the shared volume). None: the embedded model."))
+    sample_rate: float = Field(default=0.1, ge=0.0, le=1.0, description="Share of stable traffic sent to the judges.")
+    canary_sample_rate: float = Field(default=0.5, ge=0.0, le=1.0, description=(
+        "Share of canary traffic sent to the judges."))
+    data_dir: Path = Field(default=REPO_ROOT / "data", description="The vendored data sets and seed set.")
+    vllm_port: int = Field(default=8000, description="Port of the vLLM server `careloop up` starts.")
+    vllm_kv_cache_gb: int = Field(default=2, description="vLLM's KV cache size on the CPU (GiB).")
+    vllm_dtype: Literal["auto", "bfloat16", "float32"] = Field(default="auto", description=(
+        "auto: bfloat16 where the CPU multiplies it natively (AVX-512 BF16, AMX, Arm BF16), else float32."))
+    vllm_extra_args: list[str] = Field(default_factory=list, description="Extra arguments for `vllm serve`.")
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The serving gateway.")
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings, description=(
+        "Judging, rolling metrics, divergence and triggers."))
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings, description=(
+        "KTO→DPO realignment, checkpoint selection, canary analysis."))
+    demo: DemoSettings = Field(default_factory=DemoSettings, description="`careloop demo`: traffic and time limits.")
     # Operations (issue 23).
     failover: FailoverSettings = Field(default_factory=FailoverSettings,
                                        description="Retry on another replica; per-replica circuit breaker.")
