@@ -116,6 +116,7 @@ def up(
 
 def _register_subcommands() -> None:
     """Attach the monitor's and retrain's commands (their modules import heavy code lazily)."""
+    from careloop.config_cli import register as register_config
     from careloop.console.cli import register as register_console
     from careloop.demo import register as register_demo
     from careloop.keys_cli import register as register_keys
@@ -129,6 +130,7 @@ def _register_subcommands() -> None:
     register_trace(app)
     register_keys(app)
     register_console(app)
+    register_config(app)
 
 
 _register_subcommands()
