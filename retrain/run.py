@@ -517,9 +517,10 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
         with clock("dpo_pairs"):
             pairs = asyncio.run(build_dpo_pairs(settings, judge, failures, dreport, references))
         seen = {normalize_prompt(p.prompt) for p in pairs}
-        pairs += [p for p in reference_dpo_pairs(train_items, replies, rs.max_completion_words)
-                  if normalize_prompt(p.prompt) not in seen][: rs.max_seed_dpo_pairs]
-        pairs = pairs[: rs.max_dpo_pairs]
+        refs = [p for p in reference_dpo_pairs(train_items, replies, rs.max_completion_words)
+                if normalize_prompt(p.prompt) not in seen]
+        available = len(pairs) + len(refs)  # the collapse signature counts what the cycle could pair, not the caps
+        pairs = (pairs + refs[: rs.max_seed_dpo_pairs])[: rs.max_dpo_pairs]
         dreport.dpo["total"] = len(pairs)
         write_jsonl(cdir / "kto.jsonl", examples)
         write_jsonl(cdir / "dpo.jsonl", pairs)
@@ -542,7 +543,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
         kto_summary = {**_eval_dict(ev), "vs_base": asdict(compare_to_base(ev, base_eval, seed=rs.seed,
                                                                            alpha=settings.monitor.alpha))}
         dpo_info: dict[str, Any] | None = None
-        dpo_skipped = dpo_skip_reason(len(pairs), len(examples), rs, cycle)
+        dpo_skipped = dpo_skip_reason(available, len(examples), rs, cycle)
         if dpo_skipped:
             say(f"cycle {cycle}: skip DPO: {dpo_skipped}")
         else:
