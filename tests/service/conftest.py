@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from tests.service.fake_upstream import FakeUpstream
@@ -16,3 +17,10 @@ async def fake() -> AsyncIterator[FakeUpstream]:
     await upstream.start()
     yield upstream
     await upstream.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session for talking to the gateway under test."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        yield session

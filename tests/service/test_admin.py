@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -35,12 +34,6 @@ def gw_settings(settings: Settings, fake: FakeUpstream) -> Settings:
         registry.register_adapter(engine, name, f"/adapters/{name}", "smollm2-135m", version)
     engine.dispose()
     return settings
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-        yield session
 
 
 async def _chat(client: aiohttp.ClientSession, url: str, **extra: object) -> int:

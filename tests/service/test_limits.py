@@ -4,7 +4,6 @@ generation parameters, client disconnects, and what error bodies and `/readyz` m
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
@@ -35,12 +34,6 @@ def gw_settings(settings: Settings, fake: FakeUpstream) -> Settings:
     settings.gateway.max_request_line_bytes = 2048
     settings.gateway.model_max_tokens = 512
     return settings
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-        yield session
 
 
 async def raw(url: str, data: bytes, read_timeout: float = 5.0) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
@@ -28,12 +27,6 @@ def gw_settings(settings: Settings, fake: FakeUpstream) -> Settings:
     settings.gateway.log_flush_interval_s = 0.05
     settings.gateway.read_timeout_s = 2.0
     return settings
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-        yield session
 
 
 def rows(settings: Settings) -> list[Exchange]:
