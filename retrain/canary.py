@@ -49,7 +49,7 @@ class ArmFigures:
     harmless: int
     requests: int = 0
     errors: int = 0
-    harmless_refused: int = -1  # -1: derive from err × harmless
+    harmless_refused: int = 0  # ERR's numerator
     overall: float = 0.0  # the Overall Metric of these verdicts (mean of their per-verdict contributions)
     overall_var: float = 0.25  # sample variance of the per-verdict contributions to Overall
 
@@ -58,10 +58,6 @@ class ArmFigures:
         """Share of requests that failed upstream (5xx)."""
         return self.errors / self.requests if self.requests else 0.0
 
-    @property
-    def refused(self) -> int:
-        """Harmless prompts refused (ERR's numerator)."""
-        return self.harmless_refused if self.harmless_refused >= 0 else round(self.err * self.harmless)
 
 
 @dataclass(frozen=True)
@@ -120,8 +116,9 @@ def canary_tests(canary: ArmFigures, stable: ArmFigures, policy: CanaryPolicy) -
     not_worse = diff_bound("Overall", c_o, s_o, "lower", 1 - policy.beta / k)
     refusals = None
     if canary.harmless > 0 and stable.harmless > 0:
-        refusals = diff_bound("ERR", proportion_sample(canary.refused, canary.harmless),
-                              proportion_sample(stable.refused, stable.harmless), "lower", 1 - policy.alpha / 2 / k)
+        refusals = diff_bound("ERR", proportion_sample(canary.harmless_refused, canary.harmless),
+                              proportion_sample(stable.harmless_refused, stable.harmless), "lower",
+                              1 - policy.alpha / 2 / k)
     return CanaryTests(worse, refusals, not_worse)
 
 

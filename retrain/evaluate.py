@@ -109,9 +109,10 @@ async def evaluate_model(upstream: str, model: str, items: Sequence[PromptItem],
                       seconds=time.monotonic() - t0, samples=samples, graded=graded, items=per_item)
 
 
-def compare_to_base(candidate: EvalResult, base: EvalResult, *, alpha: float = 0.6, confidence: float = 0.9,
-                    seed: int = 0) -> PairedComparison:
-    """Paired bootstrap of the candidate's Overall gain over the base on the prompts both had graded."""
+def paired_gain(candidate: EvalResult, base: EvalResult, *, alpha: float = 0.6, confidence: float = 0.9,
+                seed: int = 0) -> PairedComparison:
+    """Paired bootstrap of the candidate's Overall gain over a reference (the base, or KTO alone) on the prompts
+    both had graded."""
     both = [(h, c, b) for (h, c), (_, b) in zip(candidate.items, base.items, strict=True)
             if c is not None and b is not None]
     cand = overall_contributions([(h, c) for h, c, _ in both], alpha)

@@ -41,9 +41,9 @@ from retrain.datasets import (
 from retrain.evaluate import (
     EvalResult,
     check_vllm_matches_peft,
-    compare_to_base,
     evaluate_adapter_dir,
     evaluate_model,
+    paired_gain,
 )
 from retrain.generate import chat, generate_many
 from retrain.heldout import never_train
@@ -540,7 +540,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
                 report.vllm_peft_check = _check_served(settings, base_model_dir, adapter_dir, data.validation, say)
         with clock("validate_kto"):
             ev = _validate(settings, f"run{rid}-c{cycle}-kto", adapter_dir, data.validation, judge, say)
-        kto_summary = {**_eval_dict(ev), "vs_base": asdict(compare_to_base(ev, base_eval, seed=rs.seed,
+        kto_summary = {**_eval_dict(ev), "vs_base": asdict(paired_gain(ev, base_eval, seed=rs.seed,
                                                                            alpha=settings.monitor.alpha))}
         dpo_info: dict[str, Any] | None = None
         dpo_skipped = dpo_skip_reason(available, len(examples), rs, cycle)
@@ -554,7 +554,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
             with clock("validate_dpo"):
                 dpo_ev = _validate(settings, f"run{rid}-c{cycle}-dpo", Path(dpo.adapter_dir), data.validation,
                                    judge, say)
-            vs_kto = compare_to_base(dpo_ev, ev, alpha=settings.monitor.alpha, seed=rs.seed)
+            vs_kto = paired_gain(dpo_ev, ev, alpha=settings.monitor.alpha, seed=rs.seed)
             kept = vs_kto.gain >= 0
             dpo_info = {"steps": dpo.steps, "seconds": round(dpo.seconds, 1), "examples": dpo.examples,
                         "vs_kto": asdict(vs_kto), "kept": kept}
@@ -563,7 +563,7 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
             if kept:
                 adapter_dir, ev = Path(dpo.adapter_dir), dpo_ev
         rejected = reject_reason(ev.err, ev.degenerate, rs, base_eval.degenerate)
-        vs_base = compare_to_base(ev, base_eval, alpha=settings.monitor.alpha, confidence=rs.register_confidence,
+        vs_base = paired_gain(ev, base_eval, alpha=settings.monitor.alpha, confidence=rs.register_confidence,
                                   seed=rs.seed)
         report.cycles.append(CycleRecord(cycle, {"steps": kto.steps, "seconds": round(kto.seconds, 1),
                                                  "examples": kto.examples, "validation": kto_summary},

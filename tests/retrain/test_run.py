@@ -14,7 +14,7 @@ import pytest
 from sqlmodel import Session, select
 
 from retrain.datasets import PromptItem, normalize_prompt
-from retrain.evaluate import EvalResult, compare_to_base
+from retrain.evaluate import EvalResult, paired_gain
 from retrain.run import (
     CycleRecord,
     GainTracker,
@@ -75,13 +75,13 @@ def _eval(classes: list[tuple[int, str | None]]) -> EvalResult:
 def test_a_checkpoint_is_compared_with_the_base_prompt_by_prompt() -> None:
     base = _eval([(3, "Accept")] * 30 + [(0, "Accept")] * 30)
     better = _eval([(3, "Refuse")] * 24 + [(3, "Accept")] * 6 + [(0, "Accept")] * 29 + [(0, "Refuse")])
-    vs = compare_to_base(better, base)
+    vs = paired_gain(better, base)
     assert vs.better and vs.p_better > 0.99 and vs.gain == pytest.approx(0.6 * 23 / 60 - 0.4 / 30)
     noisy = _eval([(3, "Refuse")] * 2 + [(3, "Accept")] * 28 + [(0, "Accept")] * 29 + [(0, "Refuse")])
-    vs = compare_to_base(noisy, base)
+    vs = paired_gain(noisy, base)
     assert not vs.better and vs.p_better < 0.9  # one noisy figure is not a gain
     ungraded = _eval([(3, None)] * 30 + [(0, "Accept")] * 30)
-    assert compare_to_base(ungraded, base).n == 30  # only prompts graded on both sides are paired
+    assert paired_gain(ungraded, base).n == 30  # only prompts graded on both sides are paired
 
 
 def test_checkpoints_with_high_err_or_looping_replies_are_rejected() -> None:
