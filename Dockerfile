@@ -23,9 +23,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM python AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md NOTICE ./
-COPY service/ service/
-COPY monitor/ monitor/
-COPY retrain/ retrain/
 COPY careloop/ careloop/
 COPY constraints.txt /wheels/constraints.txt
 RUN pip wheel --no-deps --wheel-dir /wheels .

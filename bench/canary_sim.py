@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor.scoring import safety_score
-from retrain.canary import ArmFigures, CanaryPolicy, Decision, decide, figures_of
-from retrain.stats import current_look
+from careloop.monitor.scoring import safety_score
+from careloop.retrain.canary import ArmFigures, CanaryPolicy, Decision, decide, figures_of
+from careloop.retrain.stats import current_look
 
 Truth = Mapping[int, Mapping[str, float]]  # harm level → response class → probability
 LEVELS: dict[int, float] = {0: 0.6, 1: 0.05, 2: 0.15, 3: 0.2}

@@ -203,10 +203,10 @@ def add_client_key(home: Path) -> None:
     """Store the bench's key (KEY) as a client key with limits far above the load, in a fresh store at `home`."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from service.keys import hash_key
-    from service.migrations import upgrade
-    from service.schema import ClientKey
-    from service.store import make_engine, session_scope
+    from careloop.core.migrations import upgrade
+    from careloop.core.schema import ClientKey
+    from careloop.core.store import make_engine, session_scope
+    from careloop.gateway.keys import hash_key
 
     url = f"sqlite:///{home / 'careloop.db'}"
     upgrade(url)
@@ -233,8 +233,8 @@ def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: flo
     if keys:
         add_client_key(home)
         env["CARELOOP_KEYS__REQUIRE"] = "on"
-    proc = procs.start([PY, "-c", "import logging; from service.settings import Settings; "
-                        "from service.server import run_gateway; run_gateway(Settings(), 'warning')"],
+    proc = procs.start([PY, "-c", "import logging; from careloop.core.settings import Settings; "
+                        "from careloop.gateway.server import run_gateway; run_gateway(Settings(), 'warning')"],
                        env, home / "gateway.log", cwd=code_dir)
     wait_http(f"http://127.0.0.1:{port}/readyz")
     return proc, port
@@ -276,10 +276,10 @@ def hotpath_costs(n: int = 20000) -> dict[str, float]:
         sys.path.insert(0, str(ROOT))
     import timeit
 
-    from service.keys import KeyInfo, KeyRing, hash_key
-    from service.ratelimit import RateLimiter, usage_tokens
-    from service.request_id import request_ids
-    from service.store import init_db, make_engine
+    from careloop.core.store import init_db, make_engine
+    from careloop.gateway.keys import KeyInfo, KeyRing, hash_key
+    from careloop.gateway.ratelimit import RateLimiter, usage_tokens
+    from careloop.gateway.request_id import request_ids
 
     store = Path(tempfile.mkdtemp(prefix="careloop-hotpath-")) / "store.db"
     engine = make_engine(f"sqlite:///{store}")

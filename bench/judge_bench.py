@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from monitor.datasets import XSTEST_MODELS, LabelledExample, load_medquad, load_medsafetybench, load_xstest
-from monitor.judges.distilled import (
+from careloop.core.hardware import native_bf16
+from careloop.core.settings import REPO_ROOT
+from careloop.monitor.datasets import XSTEST_MODELS, LabelledExample, load_medquad, load_medsafetybench, load_xstest
+from careloop.monitor.judges.distilled import (
     REFUSAL_RE,
     DistilledConfig,
     Featurizer,
@@ -43,9 +45,7 @@ from monitor.judges.distilled import (
     train_linear_head,
     truncated_encoder,
 )
-from monitor.scoring import RESPONSE_CLASSES, cohen_kappa, confusion_matrix, normalize_class
-from service.hardware import native_bf16
-from service.settings import REPO_ROOT
+from careloop.monitor.scoring import RESPONSE_CLASSES, cohen_kappa, confusion_matrix, normalize_class
 
 DATA = REPO_ROOT / "data"
 
@@ -331,8 +331,8 @@ def in_domain_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     retrain.heuristic is the baseline beside it. The XSTest leave-one-model-out κ of each weight is printed
     too, so a gain at home is not paid for on other models' replies.
     """
-    from monitor.datasets import load_smollm2
-    from retrain.heuristic import classify_response
+    from careloop.monitor.datasets import load_smollm2
+    from careloop.retrain.heuristic import classify_response
 
     own = load_smollm2(DATA)
     if not own:
@@ -404,7 +404,7 @@ def cross_encoder_bench(cfg: DistilledConfig, folds: Sequence[str], out: dict[st
     same fold and the two averaged; training seconds and int8 verdicts/s of each fold."""
     import tempfile
 
-    from monitor.judges.cross_encoder import load_cross_encoder, train_cross_encoder
+    from careloop.monitor.judges.cross_encoder import load_cross_encoder, train_cross_encoder
 
     _, items = base_items(cfg)
     print(f"frozen features for the logistic head ({len(items)} items) ...", flush=True)
@@ -608,7 +608,7 @@ def rate_bench(judge: Any, encoder_batches: Sequence[int], worker_batch: int, re
     a busy neighbour slows every option alike; medians, ratios to the first option, and whether verdicts match."""
     import statistics
 
-    from monitor.judges.base import JudgeInput
+    from careloop.monitor.judges.base import JudgeInput
 
     rows_in = list(items if items is not None else load_xstest(DATA))
     inputs = [JudgeInput(e.id, e.messages, e.response or "") for e in rows_in]
@@ -644,8 +644,8 @@ async def llm_bench(url: str, model: str, concurrencies: Sequence[int], limit: i
                     warmup: int = 8) -> list[dict[str, Any]]:
     """The LLM judge on one sample of XSTest (every source model): κ and verdicts/s at each concurrency, after a
     warm-up batch that is not timed (a fresh vLLM compiles and caches on its first requests)."""
-    from monitor.audit import audit
-    from monitor.judges.llm import LLMJudge
+    from careloop.monitor.audit import audit
+    from careloop.monitor.judges.llm import LLMJudge
 
     rng = random.Random(0)
     sample = rng.sample(load_xstest(DATA), limit)
@@ -674,8 +674,8 @@ def _rate_judge(artefact: Path | None, bf16: bool) -> Any:
     """The distilled judge to time: the given artefact, or one trained now in a temporary home (about a minute)."""
     import tempfile
 
-    from monitor.judges.distilled import DistilledJudge, ensure_distilled, load_artefact
-    from service.settings import Settings
+    from careloop.core.settings import Settings
+    from careloop.monitor.judges.distilled import DistilledJudge, ensure_distilled, load_artefact
 
     if artefact is None:
         artefact = ensure_distilled(Settings(home=Path(tempfile.mkdtemp(prefix="judge-rate-"))))

@@ -26,13 +26,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor.judges.base import JudgeInput, JudgeResult
-from monitor.metrics import MonitorMetrics
-from monitor.scoring import RESPONSE_CLASSES, safety_score
-from monitor.service import MonitorService
-from service.schema import Exchange, Verdict, utcnow
-from service.settings import Settings
-from service.store import init_db, make_engine
+from careloop.core.schema import Exchange, Verdict, utcnow
+from careloop.core.settings import Settings
+from careloop.core.store import init_db, make_engine
+from careloop.monitor.judges.base import JudgeInput, JudgeResult
+from careloop.monitor.loop import MonitorService
+from careloop.monitor.metrics import MonitorMetrics
+from careloop.monitor.scoring import RESPONSE_CLASSES, safety_score
 
 
 class ConstantJudge:

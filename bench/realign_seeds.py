@@ -24,10 +24,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from careloop.core.settings import Settings, load_settings
 from careloop.heldout_eval import generate_all, judge_replies, targets_met
-from retrain.generate import load_adapter, unload_adapter
-from retrain.heldout import eval_sample
-from service.settings import Settings, load_settings
+from careloop.retrain.generate import load_adapter, unload_adapter
+from careloop.retrain.heldout import eval_sample
 
 COLUMNS = ("harmful refused/caution", "benign refused", "xstest safe refused", "looping", "Overall")
 
@@ -57,7 +57,7 @@ def seeded_home(source: Settings, seed: int, root: Path) -> Settings:
 
 def heldout_row(settings: Settings, adapter_path: str, sizes: tuple[int, int, int], max_tokens: int) -> dict[str, Any]:
     """The registered adapter's held-out figures through vLLM, graded by the reference judge."""
-    from monitor.judges import build_judge
+    from careloop.monitor.judges import build_judge
 
     prompts = eval_sample(settings.data_dir, *sizes)
     name = f"bench-{Path(adapter_path).name}-{int(time.time())}"
@@ -81,7 +81,7 @@ def heldout_row(settings: Settings, adapter_path: str, sizes: tuple[int, int, in
 def run_seed(source: Settings, seed: int, root: Path, cycles: int | None,
              sizes: tuple[int, int, int]) -> dict[str, Any]:
     """One realignment with this seed, and its held-out figures."""
-    from retrain.run import run_retrain
+    from careloop.retrain.run import run_retrain
 
     settings = seeded_home(source, seed, root)
     t0 = time.monotonic()

@@ -18,18 +18,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from retrain.datasets import (
+from careloop.core.settings import RetrainSettings, Settings
+from careloop.retrain.datasets import (
     build_kto_set,
     load_borderline_items,
     load_seed_items,
     normalize_prompt,
     stratified_split,
 )
-from retrain.generate import chat, generate_sync, load_adapter, unload_adapter
-from retrain.heldout import eval_sample, never_train
-from retrain.heuristic import classify_response
-from retrain.quality import is_degenerate
-from service.settings import RetrainSettings, Settings
+from careloop.retrain.generate import chat, generate_sync, load_adapter, unload_adapter
+from careloop.retrain.heldout import eval_sample, never_train
+from careloop.retrain.heuristic import classify_response
+from careloop.retrain.quality import is_degenerate
 
 CACHE = Path("/tmp/recipe-cache")
 
@@ -121,7 +121,7 @@ def main() -> None:
                              lora_alpha=2 * args.lora_r, lora_target_modules=args.targets.split(","),
                              max_length=args.max_length, batch_size=args.batch, kto_beta=args.beta,
                              torch_threads=args.threads)
-        from retrain.train import train_kto
+        from careloop.retrain.train import train_kto
 
         out_dir = CACHE / "adapters" / args.name
         stage = train_kto(Path(args.model_dir), examples, out_dir / "kto", rs, max_steps=args.max_steps or None,

@@ -1,7 +1,7 @@
 """Redaction benchmark: recall per Safe Harbor category, precision on the whole set and on clinical texts with no
 PHI, and what redaction costs per exchange in the traffic-log writer.
 
-    .venv/bin/python bench/redact_bench.py [--cases tests/service/data/phi_eval.jsonl] [--json out.json]
+    .venv/bin/python bench/redact_bench.py [--cases tests/gateway/data/phi_eval.jsonl] [--json out.json]
 
 Recall counts an identifier found when every letter and digit of it is gone from the redacted text (whatever
 placeholder replaced it). Precision counts a redacted span right when it overlaps a labelled identifier; on the
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from service.redact import _redact_cached, find_identifiers, redact  # noqa: E402
+from careloop.gateway.redact import _redact_cached, find_identifiers, redact  # noqa: E402
 
 DEFAULT_CASES = ROOT / "tests" / "service" / "data" / "phi_eval.jsonl"
 REPLY = ("Metformin is usually taken with meals to reduce stomach upset. A dose of 500 mg twice a day is a common "
@@ -78,7 +78,7 @@ def score(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 def cost(cases: list[dict[str, Any]], rounds: int = 3) -> dict[str, float]:
     """Microseconds of redaction per exchange (uncached), and of the whole `build_row`."""
-    from service.traffic_log import Record, build_row
+    from careloop.gateway.traffic_log import Record, build_row
 
     body = json.dumps({"choices": [{"index": 0, "message": {"content": REPLY}, "finish_reason": "stop"}],
                        "usage": {"prompt_tokens": 40, "completion_tokens": 60}}).encode()

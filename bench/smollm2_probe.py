@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 from judge_bench import base_items, embed_by_layer, lomo_kappa
 
-from monitor.datasets import XSTEST_MODELS, LabelledExample
-from monitor.judges.distilled import (
+from careloop.core.hardware import native_bf16
+from careloop.core.settings import Settings
+from careloop.monitor.datasets import XSTEST_MODELS, LabelledExample
+from careloop.monitor.judges.distilled import (
     DistilledConfig,
     embed_texts,
     hand_features,
@@ -30,8 +32,6 @@ from monitor.judges.distilled import (
     opening_sentences,
     truncated_encoder,
 )
-from service.hardware import native_bf16
-from service.settings import Settings
 
 PROMPT_TOKENS = 64
 

@@ -30,11 +30,11 @@ from typing import Any
 import httpx
 from gateway_bench import Procs, free_port
 
+from careloop.core.hardware import native_bf16
+from careloop.core.settings import Settings
+from careloop.monitor.datasets import load_medquad
+from careloop.retrain.train import peft_greedy
 from careloop.stack import vllm_command, vllm_env, wait_http
-from monitor.datasets import load_medquad
-from retrain.train import peft_greedy
-from service.hardware import native_bf16
-from service.settings import Settings
 
 SPEED_PROMPT = "Explain how insulin lowers blood sugar, step by step, for a newly diagnosed patient."
 EMULATION = {  # what each emulated CPU lacks: torch checks patched off, oneDNN and ATen capped

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from service.settings import Settings, load_settings
+from careloop.core.settings import Settings, load_settings
 
 app = typer.Typer(
     name="careloop",
@@ -75,7 +75,7 @@ def db_upgrade(
     database_url: Annotated[str | None, typer.Option(help="Store URL (CARELOOP_DATABASE_URL).")] = None,
 ) -> None:
     """Create or migrate the store's tables to the current schema."""
-    from service.migrations import upgrade
+    from careloop.core.migrations import upgrade
 
     settings = settings_from_cli(database_url=database_url)
     upgrade(settings.database_url or "")
@@ -90,7 +90,7 @@ def serve(
     database_url: Annotated[str | None, typer.Option(help="Store URL (CARELOOP_DATABASE_URL).")] = None,
 ) -> None:
     """Run the gateway in front of an already running vLLM."""
-    from service.server import run_gateway
+    from careloop.gateway.server import run_gateway
 
     settings = settings_from_cli(upstream=upstream, database_url=database_url)
     if host:
@@ -120,9 +120,9 @@ def _register_subcommands() -> None:
     from careloop.console.cli import register as register_console
     from careloop.demo import register as register_demo
     from careloop.keys_cli import register as register_keys
+    from careloop.monitor.cli import register as register_monitor
+    from careloop.retrain.cli import register as register_retrain
     from careloop.trace_cli import register as register_trace
-    from monitor.cli import register as register_monitor
-    from retrain.cli import register as register_retrain
 
     register_monitor(app)
     register_retrain(app)

@@ -1,6 +1,6 @@
 """`careloop config show`: every setting with its default, environment variable, current value and description.
 
-Generated from the one settings model (`service/settings.py`), so it cannot drift from it: nested models are
+Generated from the one settings model (`careloop/core/settings.py`), so it cannot drift from it: nested models are
 flattened (`retrain.kto_learning_rate`, environment `CARELOOP_RETRAIN__KTO_LEARNING_RATE`).
 """
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from service.settings import Settings, load_settings
+from careloop.core.settings import Settings, load_settings
 
 ENV_PREFIX = "CARELOOP_"
 ENV_NESTED = "__"

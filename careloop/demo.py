@@ -15,8 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from service.schema import Adapter, AdapterEvent, Exchange, RetrainRun, TriggerEvent, Verdict
-from service.settings import Settings
+from careloop.core.schema import Adapter, AdapterEvent, Exchange, RetrainRun, TriggerEvent, Verdict
+from careloop.core.settings import Settings
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Timeline:
 
     def mark(self, name: str) -> None:
         """Note that a phase starts now."""
-        from service.schema import utcnow
+        from careloop.core.schema import utcnow
 
         self.marks.append((name, time.monotonic() - self.start, utcnow()))
 
@@ -81,13 +81,13 @@ def demo_settings(settings: Settings) -> Settings:
 
 def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     """Run the whole loop once on this machine and return the report (also written to the reports dir)."""
+    from careloop.core.store import make_engine
     from careloop.heldout_eval import generate_all, judge_replies, targets_met
+    from careloop.monitor.judges import build_judge
+    from careloop.monitor.judges.distilled import ensure_distilled
     from careloop.replay import replay, traffic_mix
+    from careloop.retrain.heldout import eval_sample
     from careloop.stack import start_stack
-    from monitor.judges import build_judge
-    from monitor.judges.distilled import ensure_distilled
-    from retrain.heldout import eval_sample
-    from service.store import make_engine
 
     settings = demo_settings(settings)
     d = settings.demo
@@ -222,7 +222,7 @@ def _canary_pending(state: dict[str, Any]) -> bool:
 
 
 def _heldout_medical(settings: Settings) -> set[str]:
-    from retrain.heldout import heldout_prompts
+    from careloop.retrain.heldout import heldout_prompts
 
     return {p.prompt.strip().lower() for p in heldout_prompts(settings.data_dir) if not p.group.startswith("xstest")}
 
@@ -305,8 +305,8 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int | None, typer.Option(help="Gateway port.")] = None,
     ) -> None:
         """Replay real prompts through the loop until a realignment completes; print and plot before/after."""
+        from careloop.core.settings import load_settings
         from careloop.stack import exit_on_sigterm
-        from service.settings import load_settings
 
         exit_on_sigterm()
         console = Console(stderr=True)

@@ -9,10 +9,10 @@ from typing import Any
 
 import aiohttp
 
-from monitor.judges.base import Judge, JudgeInput
-from monitor.scoring import compute_metrics
-from retrain.heldout import EvalPrompt
-from retrain.quality import is_degenerate
+from careloop.monitor.judges.base import Judge, JudgeInput
+from careloop.monitor.scoring import compute_metrics
+from careloop.retrain.heldout import EvalPrompt
+from careloop.retrain.quality import is_degenerate
 
 
 @dataclass

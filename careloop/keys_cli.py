@@ -16,9 +16,9 @@ keys_app = typer.Typer(help="Client API keys for /v1/* (stored hashed; a key is 
 
 def _engine(database_url: str | None) -> Engine:
     """The store, migrated to head (keys live in tables added by a migration)."""
-    from service.migrations import upgrade
-    from service.settings import load_settings
-    from service.store import make_engine
+    from careloop.core.migrations import upgrade
+    from careloop.core.settings import load_settings
+    from careloop.core.store import make_engine
 
     url = load_settings(database_url=database_url).database_url or ""
     upgrade(url)
@@ -37,7 +37,7 @@ def create(
     database_url: DbOption = None,
 ) -> None:
     """Create a key and print it (the only time it is shown: only its hash is stored)."""
-    from service.keys import KeyAdminError, create_key, parse_expiry
+    from careloop.gateway.keys import KeyAdminError, create_key, parse_expiry
 
     engine = _engine(database_url)
     try:
@@ -59,7 +59,7 @@ def list_(
     database_url: DbOption = None,
 ) -> None:
     """List keys: name, prefix, limits, dates (never the key)."""
-    from service.keys import key_dict, list_keys
+    from careloop.gateway.keys import key_dict, list_keys
 
     engine = _engine(database_url)
     try:
@@ -81,7 +81,7 @@ def revoke(
     database_url: DbOption = None,
 ) -> None:
     """Revoke a key (every gateway stops accepting it within keys.refresh_s)."""
-    from service.keys import KeyAdminError, revoke_key
+    from careloop.gateway.keys import KeyAdminError, revoke_key
 
     engine = _engine(database_url)
     try:

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from service.settings import Settings
+from careloop.core.settings import Settings
 
 GROUP_ROWS = (
     ("harmful", "refused_or_caution", "harmful requests refused or cautioned", "higher"),
@@ -92,8 +92,8 @@ def plot_demo(settings: Settings, report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
     from sqlmodel import Session, select
 
-    from service.schema import Verdict
-    from service.store import make_engine
+    from careloop.core.schema import Verdict
+    from careloop.core.store import make_engine
 
     engine = make_engine(settings.database_url or "")
     with Session(engine) as s:

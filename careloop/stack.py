@@ -15,8 +15,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from service.hardware import native_bf16
-from service.settings import Settings
+from careloop.core.hardware import native_bf16
+from careloop.core.settings import Settings
 
 
 @dataclass
@@ -69,8 +69,8 @@ def stop_local_runs(settings: Settings) -> list[int]:
     """SIGTERM the local retrain processes this home's monitor started (they mark themselves failed on exit)."""
     from sqlmodel import Session, select
 
-    from service.schema import RetrainRun
-    from service.store import make_engine
+    from careloop.core.schema import RetrainRun
+    from careloop.core.store import make_engine
 
     stopped: list[int] = []
     try:
@@ -217,14 +217,14 @@ def wait_http(url: str, child: Child | None, timeout_s: float, tick: Callable[[f
 
 def start_stack(settings: Settings, console: Console, with_monitor: bool = True) -> Stack:
     """Prepare the model and store, then start vLLM, the gateway, (optionally) the monitor, and the console."""
+    from careloop.core.migrations import upgrade
     from careloop.modelprep import prepare_model
-    from service.migrations import upgrade
 
     settings.ensure_dirs()
     prepare_model(settings.base_model_dir, console=console)
     upgrade(settings.database_url or "")
     if with_monitor and "distilled" in {settings.monitor.reference_judge, *settings.monitor.judges}:
-        from monitor.judges.distilled import ensure_distilled
+        from careloop.monitor.judges.distilled import ensure_distilled
 
         ensure_distilled(settings)  # trains the judge once on a fresh home (minutes), before the monitor waits
     settings.upstream = f"http://127.0.0.1:{settings.vllm_port}"

@@ -19,8 +19,8 @@ from sqlalchemy import func, or_
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from service.schema import Exchange, TriggerEvent, Verdict
-from service.settings import Settings
+from careloop.core.schema import Exchange, TriggerEvent, Verdict
+from careloop.core.settings import Settings
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -136,8 +136,8 @@ def register(app: typer.Typer) -> None:
         database_url: Annotated[str | None, typer.Option(help="Store URL (CARELOOP_DATABASE_URL).")] = None,
     ) -> None:
         """Print an exchange's story: request, target adapter, verdicts, windows it counted in, triggers it fed."""
-        from service.settings import load_settings
-        from service.store import make_engine
+        from careloop.core.settings import load_settings
+        from careloop.core.store import make_engine
 
         settings = load_settings(database_url=database_url)
         engine = make_engine(settings.database_url or "")

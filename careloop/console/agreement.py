@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from monitor.audit import HARM_LEVELS, AuditReport, analyse
-from monitor.datasets import LabelledExample
-from monitor.judges.base import JudgeResult
-from monitor.review import HUMAN, human_pairs
-from monitor.scoring import cohen_kappa
-from service.schema import ReviewLabel, Verdict
+from careloop.core.schema import ReviewLabel, Verdict
+from careloop.monitor.audit import HARM_LEVELS, AuditReport, analyse
+from careloop.monitor.datasets import LabelledExample
+from careloop.monitor.judges.base import JudgeResult
+from careloop.monitor.review import HUMAN, human_pairs
+from careloop.monitor.scoring import cohen_kappa
 
 
 @dataclass

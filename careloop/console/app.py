@@ -36,10 +36,10 @@ from careloop.console.auth import (
     session_principal,
 )
 from careloop.console.users import User, authenticate
-from monitor.review import ReviewError
-from service import audit_trail, registry
-from service.audit_trail import Actor
-from service.settings import Settings
+from careloop.core import audit_trail, registry
+from careloop.core.audit_trail import Actor
+from careloop.core.settings import Settings
+from careloop.monitor.review import ReviewError
 
 HERE = Path(__file__).resolve().parent
 LOGIN_COOKIE = "careloop_login"  # double-submit token of the sign-in form (login CSRF)

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete
 
 from careloop.console.users import User, get_user
-from service.schema import ConsoleSession, utcnow
+from careloop.core.schema import ConsoleSession, utcnow
 
 COOKIE = "careloop_session"
 

@@ -13,7 +13,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from service.settings import Settings
+    from careloop.core.settings import Settings
 
 console = Console(stderr=True)
 users_app = typer.Typer(help="People who may sign in to the console, and their roles.", no_args_is_help=True)
@@ -21,9 +21,9 @@ audit_app = typer.Typer(help="The audit trail: who did what, when and why.", no_
 
 
 def _store() -> tuple[Settings, Engine]:
-    from service.migrations import upgrade
-    from service.settings import load_settings
-    from service.store import make_engine
+    from careloop.core.migrations import upgrade
+    from careloop.core.settings import load_settings
+    from careloop.core.store import make_engine
 
     settings = load_settings()
     upgrade(settings.database_url or "")
@@ -49,7 +49,7 @@ def users_add(
 ) -> None:
     """Create a console user (the password is asked twice, or read from stdin)."""
     from careloop.console.users import UserError, add_user
-    from service.audit_trail import cli_actor, record
+    from careloop.core.audit_trail import cli_actor, record
 
     settings, engine = _store()
     try:
@@ -74,7 +74,7 @@ def users_list() -> None:
 
 def _set_disabled(name: str, disabled: bool) -> None:
     from careloop.console.users import UserError, set_disabled
-    from service.audit_trail import cli_actor, record
+    from careloop.core.audit_trail import cli_actor, record
 
     _, engine = _store()
     try:
@@ -104,7 +104,7 @@ def users_reset_password(
 ) -> None:
     """Set a new password (the user is signed out everywhere)."""
     from careloop.console.users import UserError, reset_password
-    from service.audit_trail import cli_actor, record
+    from careloop.core.audit_trail import cli_actor, record
 
     settings, engine = _store()
     try:
@@ -124,7 +124,7 @@ def audit_log(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
 ) -> None:
     """Show the audit trail: who did what, to what, when and why."""
-    from service.audit_trail import entries
+    from careloop.core.audit_trail import entries
 
     _, engine = _store()
     rows = entries(engine, limit=limit, actor=actor, action=action, target=target)
@@ -147,7 +147,7 @@ def console_cmd(
 ) -> None:
     """Serve the oversight console: review queue, adapters and approvals, judges, timeline, audit log."""
     from careloop.console.server import run_console
-    from service.settings import load_settings
+    from careloop.core.settings import load_settings
 
     settings = load_settings()
     if host:

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from service import registry
-from service.schema import Adapter, AdapterEvent, RetrainRun
+from careloop.core import registry
+from careloop.core.schema import Adapter, AdapterEvent, RetrainRun
 
 CANARY_ACTIONS = ("canary", "step", "await_approval", "promote", "rollback")
 

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from monitor.datasets import LabelledExample
-from monitor.judges.distilled import REFERENCE_PIN, DistilledConfig, artefact_versions, pinned_version
-from service.schema import utcnow
-from service.settings import Settings
+from careloop.core.schema import utcnow
+from careloop.core.settings import Settings
+from careloop.monitor.datasets import LabelledExample
+from careloop.monitor.judges.distilled import REFERENCE_PIN, DistilledConfig, artefact_versions, pinned_version
 
 MAX_XSTEST_LOSS = 0.02
 HELDOUT_SHARE = 0.3
@@ -97,8 +97,8 @@ def recalibration_dir(settings: Settings) -> Path:
 def _kappa(version: int, settings: Settings, examples: Sequence[LabelledExample]) -> float | None:
     import asyncio
 
-    from monitor.audit import audit
-    from monitor.judges.distilled import ARTEFACT_PREFIX, DistilledJudge, load_artefact
+    from careloop.monitor.audit import audit
+    from careloop.monitor.judges.distilled import ARTEFACT_PREFIX, DistilledJudge, load_artefact
 
     judge = DistilledJudge(load_artefact(settings.judges_dir / f"{ARTEFACT_PREFIX}{version}"))
     return asyncio.run(audit(judge, examples, "recalibration")).kappa
@@ -110,10 +110,10 @@ def run(settings: Settings, out: Path, cfg: DistilledConfig | None = None, xstes
     `cfg` is the distilled judge's training config (default: the production one); `xstest_limit` audits on a
     fixed sample of XSTest instead of all of it (tests).
     """
-    from monitor.datasets import load_named
-    from monitor.judges.distilled import train_distilled
-    from monitor.review import human_examples
-    from service.store import make_engine
+    from careloop.core.store import make_engine
+    from careloop.monitor.datasets import load_named
+    from careloop.monitor.judges.distilled import train_distilled
+    from careloop.monitor.review import human_examples
 
     engine = make_engine(settings.database_url or "")
     try:
@@ -204,7 +204,7 @@ def accept(settings: Settings, actor: str) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """`python -m careloop.console.recalibrate DIR`: the child process's entry point."""
-    from service.settings import load_settings
+    from careloop.core.settings import load_settings
 
     out = Path(argv[0])
     try:

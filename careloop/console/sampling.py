@@ -19,7 +19,9 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from monitor.review import (
+from careloop.core.schema import Exchange, ReviewLabel, ReviewSample, Verdict, utcnow
+from careloop.core.settings import ConsoleSettings
+from careloop.monitor.review import (
     HUMAN,
     ReviewError,
     ReviewItem,
@@ -28,8 +30,6 @@ from monitor.review import (
     review_item,
     review_queue,
 )
-from service.schema import Exchange, ReviewLabel, ReviewSample, Verdict, utcnow
-from service.settings import ConsoleSettings
 
 KINDS = ("disagreement", "uncertain", "random")  # the order people see them in
 TARGETED = ("disagreement", "uncertain")

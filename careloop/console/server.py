@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from service.settings import Settings
+from careloop.core.settings import Settings
 
 
 def run_console(settings: Settings, log_level: str = "warning") -> None:
@@ -12,8 +12,8 @@ def run_console(settings: Settings, log_level: str = "warning") -> None:
     import uvicorn
 
     from careloop.console.app import create_app
-    from service.migrations import upgrade
-    from service.store import make_engine
+    from careloop.core.migrations import upgrade
+    from careloop.core.store import make_engine
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -11,8 +11,8 @@ from html import escape
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from monitor.scoring import compute_metrics
-from service.schema import AdapterEvent, RetrainRun, TriggerEvent, Verdict, utcnow
+from careloop.core.schema import AdapterEvent, RetrainRun, TriggerEvent, Verdict, utcnow
+from careloop.monitor.scoring import compute_metrics
 
 PALETTE = ("#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989")
 

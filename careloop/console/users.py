@@ -11,7 +11,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete, select
 
-from service.schema import ConsoleSession, ConsoleUser, utcnow
+from careloop.core.schema import ConsoleSession, ConsoleUser, utcnow
 
 ROLES = ("reviewer", "approver", "admin")  # each role may do what the ones before it may
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")

@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from retrain.datasets import load_borderline_items, load_seed_items  # noqa: E402
-from retrain.generate import chat, generate_sync  # noqa: E402
-from retrain.heldout import never_train, normalize_prompt  # noqa: E402
+from careloop.retrain.datasets import load_borderline_items, load_seed_items  # noqa: E402
+from careloop.retrain.generate import chat, generate_sync  # noqa: E402
+from careloop.retrain.heldout import never_train, normalize_prompt  # noqa: E402
 
 SAFETY_SYSTEM = ("You are a careful medical assistant. Refuse requests that could harm patients or break medical "
                  "ethics or the law, and explain why; answer ordinary health questions helpfully.")

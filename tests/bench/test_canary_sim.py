@@ -10,7 +10,7 @@ sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 import canary_sim  # noqa: E402
 
-from retrain.canary import ArmFigures, CanaryPolicy  # noqa: E402
+from careloop.retrain.canary import ArmFigures, CanaryPolicy  # noqa: E402
 
 
 def test_simulated_error_rates_stay_within_five_percent_where_the_raw_rule_did_not() -> None:

@@ -11,16 +11,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from service.settings import REPO_ROOT
+from careloop.core.settings import REPO_ROOT
 from tests.monitor.fake_openai import FakeOpenAI, chat_reply
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 from judge_bench import DATA, base_items, held_out_splits, llm_bench, prior_adjusted, rate_bench, self_trained
 
-from monitor.datasets import XSTEST_MODELS, load_xstest
-from monitor.judges.base import JudgeResult
-from monitor.judges.distilled import DistilledConfig, opening_sentences, train_linear_head
+from careloop.monitor.datasets import XSTEST_MODELS, load_xstest
+from careloop.monitor.judges.base import JudgeResult
+from careloop.monitor.judges.distilled import DistilledConfig, opening_sentences, train_linear_head
 
 
 def _prompt_number(item_id: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import REPO_ROOT, Settings
+from careloop.core.settings import REPO_ROOT, Settings
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import REPO_ROOT
+from careloop.core.settings import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 

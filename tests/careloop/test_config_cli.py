@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from careloop.cli import app
 from careloop.config_cli import setting_rows
-from service.settings import Settings, load_settings
+from careloop.core.settings import Settings, load_settings
 
 ADMIN_TOKEN = "admin-token-very-secret-1234"
 UPSTREAM_KEY = "sk-upstream-secret-5678"

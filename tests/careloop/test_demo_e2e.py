@@ -10,10 +10,10 @@ import pytest
 from rich.console import Console
 from sqlmodel import Session, func, select
 
+from careloop.core.schema import AdapterEvent, Exchange, RetrainRun, TriggerEvent, Verdict
+from careloop.core.settings import Settings
+from careloop.core.store import make_engine
 from careloop.demo import run_demo
-from service.schema import AdapterEvent, Exchange, RetrainRun, TriggerEvent, Verdict
-from service.settings import Settings
-from service.store import make_engine
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]

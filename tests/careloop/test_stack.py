@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
+from careloop.core.schema import RetrainRun
+from careloop.core.settings import Settings
+from careloop.core.store import init_db, make_engine, session_scope
 from careloop.stack import check_ports, stop_local_runs
-from service.schema import RetrainRun
-from service.settings import Settings
-from service.store import init_db, make_engine, session_scope
 
 
 def test_a_taken_port_is_refused_before_anything_starts(settings: Settings) -> None:

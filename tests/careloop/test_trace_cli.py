@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from careloop.cli import app
-from service.migrations import upgrade
-from service.schema import Exchange, TriggerEvent, Verdict, utcnow
-from service.settings import Settings
-from service.store import make_engine, session_scope
+from careloop.core.migrations import upgrade
+from careloop.core.schema import Exchange, TriggerEvent, Verdict, utcnow
+from careloop.core.settings import Settings
+from careloop.core.store import make_engine, session_scope
 
 
 def _verdict(ex_id: str, judge: str = "distilled", **kw: object) -> Verdict:

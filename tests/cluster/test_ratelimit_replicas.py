@@ -16,9 +16,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from service.keys import create_key
-from service.migrations import upgrade
-from service.store import make_engine
+from careloop.core.migrations import upgrade
+from careloop.core.store import make_engine
+from careloop.gateway.keys import create_key
 from tests.cluster.test_replicas_postgres import _wait_ready
 from tests.conftest import free_port
 

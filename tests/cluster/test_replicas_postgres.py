@@ -21,12 +21,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import col
 
-from monitor.judges.base import JudgeInput, JudgeResult
-from monitor.launcher import LaunchState, RetrainSupervisor
-from monitor.worker import JudgeWorker
-from service.migrations import upgrade
-from service.schema import Exchange, RetrainRun, Verdict
-from service.store import make_engine
+from careloop.core.migrations import upgrade
+from careloop.core.schema import Exchange, RetrainRun, Verdict
+from careloop.core.store import make_engine
+from careloop.monitor.judges.base import JudgeInput, JudgeResult
+from careloop.monitor.launcher import LaunchState, RetrainSupervisor
+from careloop.monitor.worker import JudgeWorker
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.vllm, pytest.mark.postgres]

@@ -17,11 +17,11 @@ import aiohttp
 import pytest
 from sqlalchemy.engine import Engine
 
-from service.registry import promote, register_adapter, start_canary
-from service.routing import Routes
-from service.settings import Settings
-from service.store import init_db, make_engine
-from service.vllm_admin import loaded_models, unload_adapter
+from careloop.core.registry import promote, register_adapter, start_canary
+from careloop.core.settings import Settings
+from careloop.core.store import init_db, make_engine
+from careloop.gateway.routing import Routes
+from careloop.gateway.vllm_admin import loaded_models, unload_adapter
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -114,7 +114,7 @@ def adapters(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 async def _reconcile(session: aiohttp.ClientSession, engine: Engine, upstreams: list[str],
                      previous: Routes | None = None) -> Routes:
     """One reconcile step of a gateway: read the registry, bring the replicas in line, get the routes."""
-    import service.vllm_admin as admin
+    import careloop.gateway.vllm_admin as admin
 
     registry: Any = admin.read_registry(engine) if hasattr(admin, "read_registry") else engine
     return await admin.reconcile(session, registry, upstreams, BASE, previous=previous)

@@ -194,7 +194,8 @@ def test_base_dependencies_pull_in_no_torch() -> None:
 
 def test_gateway_modules_import_without_torch() -> None:
     """The gateway's modules and the CLI import with torch & co. made unimportable (as in the gateway image)."""
-    modules = sorted(f"service.{p.stem}" for p in (ROOT / "service").glob("*.py") if p.stem != "__init__")
+    modules = sorted(f"careloop.{d}.{p.stem}" for d in ("core", "gateway")
+                     for p in (ROOT / "careloop" / d).glob("*.py") if p.stem != "__init__")
     code = (
         "import importlib, sys\n"
         f"for name in {sorted(HEAVY)!r}: sys.modules[name.replace('-', '_')] = None\n"
@@ -211,7 +212,10 @@ def test_wheel_carries_the_migrations(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = tmp_path.glob("careloop-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    revisions = {f"service/alembic/versions/{p.name}" for p in (ROOT / "service/alembic/versions").glob("0*.py")}
+    versions = ROOT / "careloop/core/alembic/versions"
+    revisions = {f"careloop/core/alembic/versions/{p.name}" for p in versions.glob("0*.py")}
     assert revisions and revisions <= names
-    assert {"service/alembic/env.py", "service/alembic/script.py.mako", "careloop/cli.py"} <= names
+    assert {"careloop/core/alembic/env.py", "careloop/core/alembic/script.py.mako", "careloop/cli.py"} <= names
     assert not any(n.startswith("tests/") for n in names)
+    # one name in site-packages: everything lives under careloop/
+    assert {n.split("/")[0] for n in names if not n.startswith("careloop-")} == {"careloop"}

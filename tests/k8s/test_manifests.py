@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.settings import Settings
+from careloop.core.settings import Settings
 from tests.k8s.kustomize_lite import build
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def job_template(objs: list[dict[str, Any]], run_id: int = 7) -> dict[str, Any]:
     """The Job the monitor's Kubernetes launcher makes for `run_id` from the mounted template and its settings."""
     import tempfile
 
-    from monitor.launcher import KubernetesLauncher, load_job_template
+    from careloop.monitor.launcher import KubernetesLauncher, load_job_template
 
     text = find(objs, "ConfigMap", "careloop-retrain-job")["data"]["job.yaml"]
     assert "{run_id}" in text
@@ -322,7 +322,7 @@ def test_careloop_config_parses_as_settings(
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_careloop_env_names_real_settings(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
-    """Every CARELOOP_* variable in the manifests is a field of service/settings.py (a typo would be ignored)."""
+    """Every CARELOOP_* variable in the manifests is a field of careloop/core/settings.py (a typo would be ignored)."""
     objs = rendered[overlay]
     names = set(config(objs))
     for obj in [*objs, job_template(objs)]:

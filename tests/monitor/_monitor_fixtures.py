@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from monitor.judges.base import JudgeError, JudgeInput, JudgeResult
-from monitor.scoring import safety_score
-from service.schema import Exchange, Verdict, utcnow
-from service.store import init_db, insert_exchanges, make_engine
+from careloop.core.schema import Exchange, Verdict, utcnow
+from careloop.core.store import init_db, insert_exchanges, make_engine
+from careloop.monitor.judges.base import JudgeError, JudgeInput, JudgeResult
+from careloop.monitor.scoring import safety_score
 
 
 def store(url: str) -> Engine:

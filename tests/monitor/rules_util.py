@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from service.settings import REPO_ROOT
+from careloop.core.settings import REPO_ROOT
 
 K8S_BASE = REPO_ROOT / "k8s" / "base"
 K8S_TESTS = REPO_ROOT / "k8s" / "tests"
@@ -81,9 +81,9 @@ def exported_metric_names() -> dict[str, set[str]]:
     """careloop_* family names the code exports: {'monitor': …, 'gateway': …, 'judges': …}."""
     from prometheus_client import REGISTRY
 
-    import monitor.judges.llm  # noqa: F401  (registers careloop_judge_errors_total)
-    from monitor.metrics import MonitorMetrics
-    from service.metrics import GatewayMetrics
+    import careloop.monitor.judges.llm  # noqa: F401  (registers careloop_judge_errors_total)
+    from careloop.gateway.metrics import GatewayMetrics
+    from careloop.monitor.metrics import MonitorMetrics
 
     def families(registry: Any) -> set[str]:
         return {base_name(f.name) for f in registry.collect() if f.name.startswith("careloop_")}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from monitor.audit import analyse, audit, format_report, write_report
-from monitor.datasets import LabelledExample
-from monitor.judges import JudgeInput, JudgeResult
-from monitor.scoring import cohen_kappa
+from careloop.monitor.audit import analyse, audit, format_report, write_report
+from careloop.monitor.datasets import LabelledExample
+from careloop.monitor.judges import JudgeInput, JudgeResult
+from careloop.monitor.scoring import cohen_kappa
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

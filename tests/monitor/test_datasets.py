@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.datasets import (
+from careloop.core.settings import REPO_ROOT
+from careloop.monitor.datasets import (
     CARES_METHODS,
     DatasetError,
     load_cares,
@@ -21,7 +22,6 @@ from monitor.datasets import (
     load_smollm2,
     load_xstest,
 )
-from service.settings import REPO_ROOT
 
 DATA = REPO_ROOT / "data"
 FIXTURE = Path(__file__).parent / "fixtures" / "cares_sample.jsonl"
@@ -119,7 +119,7 @@ def test_generic_labelled_file(tmp_path: Path) -> None:
 
 
 def test_smollm2_replies_are_labelled_and_come_from_the_training_side_only() -> None:
-    from retrain.heldout import never_train, normalize_prompt
+    from careloop.retrain.heldout import never_train, normalize_prompt
 
     rows = load_smollm2(DATA)
     assert len(rows) == 320 and len({e.id for e in rows}) == 320

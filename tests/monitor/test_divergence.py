@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from monitor.divergence import PairWindow, divergence, kappa_from_confusion
-from monitor.scoring import RESPONSE_CLASSES, cohen_kappa, compute_metrics, safety_score
+from careloop.monitor.divergence import PairWindow, divergence, kappa_from_confusion
+from careloop.monitor.scoring import RESPONSE_CLASSES, cohen_kappa, compute_metrics, safety_score
 
 
 def test_kappa_from_confusion_matches_cohen_kappa() -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.datasets import LabelledExample
-from monitor.judges import JudgeInput, build_judge
-from monitor.judges.cross_encoder import CrossEncoderConfig, load_cross_encoder
-from monitor.judges.distilled import (
+from careloop.core.settings import Settings
+from careloop.monitor.datasets import LabelledExample
+from careloop.monitor.judges import JudgeInput, build_judge
+from careloop.monitor.judges.cross_encoder import CrossEncoderConfig, load_cross_encoder
+from careloop.monitor.judges.distilled import (
     DistilledConfig,
     DistilledJudge,
     ensure_distilled,
@@ -21,7 +22,6 @@ from monitor.judges.distilled import (
     load_artefact,
     train_distilled,
 )
-from service.settings import Settings
 
 TINY = DistilledConfig(head_tokens=64, joint_tokens=64, tail_tokens=32, xstest_limit=60, medsafety_limit=20,
                        medquad_limit=20, harm_limit=120, heldout_limit=120,
@@ -150,8 +150,8 @@ def test_second_format_artefact_keeps_its_depth(trained: Settings, tmp_path: Pat
 
 
 def test_opening_sentences_keep_the_label_and_skip_caution() -> None:
-    from monitor.datasets import LabelledExample
-    from monitor.judges.distilled import opening_sentences
+    from careloop.monitor.datasets import LabelledExample
+    from careloop.monitor.judges.distilled import opening_sentences
 
     def ex(i: str, response: str, cls: str) -> LabelledExample:
         return LabelledExample(i, [{"role": "user", "content": "q"}], response, cls, None, "xstest", "gpt4")
@@ -170,7 +170,7 @@ def test_opening_sentences_keep_the_label_and_skip_caution() -> None:
 def test_truncated_encoder_stops_early_and_shares_weights() -> None:
     import torch
 
-    from monitor.judges.distilled import load_prompt_encoder, truncated_encoder
+    from careloop.monitor.judges.distilled import load_prompt_encoder, truncated_encoder
 
     encoder, tok = load_prompt_encoder()
     short = truncated_encoder(encoder, 3)
@@ -186,7 +186,7 @@ def test_truncated_encoder_stops_early_and_shares_weights() -> None:
 
 
 def test_embeddings_do_not_depend_on_the_encoder_batch() -> None:
-    from monitor.judges.distilled import embed_texts, load_prompt_encoder
+    from careloop.monitor.judges.distilled import embed_texts, load_prompt_encoder
 
     encoder, tok = load_prompt_encoder()
     texts = ["No.", "I cannot help with that request.", "", "Drink water, rest, and see a doctor if the fever "
@@ -264,7 +264,7 @@ def test_unknown_response_model_is_refused(tmp_path: Path) -> None:
 def test_production_recipe_on_a_held_out_source_model(tmp_path: Path) -> None:
     """The shipped recipe, trained without mistralinstruct, scored on it (about a minute on 2 cores).
 
-    Guards the measured 0.715 (monitor/judges/README.md); the issue's 0.85 target is not met yet.
+    Guards the measured 0.715 (careloop/monitor/judges/README.md); the issue's 0.85 target is not met yet.
     """
     settings = Settings(home=tmp_path / "home")
     report = train_distilled(settings, DistilledConfig(), heldout_model="mistralinstruct")
@@ -291,8 +291,8 @@ def test_audit_cli(trained: Settings, tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_smollm2_replies_join_training_only_with_a_weight() -> None:
-    from monitor.judges.distilled import DistilledConfig, response_weights, training_sets
-    from service.settings import REPO_ROOT
+    from careloop.core.settings import REPO_ROOT
+    from careloop.monitor.judges.distilled import DistilledConfig, response_weights, training_sets
 
     data = REPO_ROOT / "data"
     shipped, _ = training_sets(data, DistilledConfig())
@@ -323,8 +323,8 @@ def _own_replies() -> list[LabelledExample]:
 
 
 def test_extra_labelled_replies_join_training() -> None:
-    from monitor.judges.distilled import training_sets
-    from service.settings import REPO_ROOT
+    from careloop.core.settings import REPO_ROOT
+    from careloop.monitor.judges.distilled import training_sets
 
     cfg = replace(TINY, harm_limit=None)
     base_resp, base_harm = training_sets(REPO_ROOT / "data", cfg)

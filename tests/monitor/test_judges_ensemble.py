@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from monitor.judges import JudgeError, JudgeInput, JudgeResult
-from monitor.judges.ensemble import EnsembleJudge, combine
+from careloop.monitor.judges import JudgeError, JudgeInput, JudgeResult
+from careloop.monitor.judges.ensemble import EnsembleJudge, combine
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

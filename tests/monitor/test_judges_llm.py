@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from monitor.judges import JudgeError, JudgeInput, build_judge
-from monitor.judges.llm import JUDGE_ERRORS, LLMJudge, chat_url
-from service.settings import Settings
+from careloop.core.settings import Settings
+from careloop.monitor.judges import JudgeError, JudgeInput, build_judge
+from careloop.monitor.judges.llm import JUDGE_ERRORS, LLMJudge, chat_url
 from tests.monitor.fake_openai import FakeOpenAI, chat_reply
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.judges.rubric import RUBRIC, ParseError, judge_messages, parse_verdict
+from careloop.monitor.judges.rubric import RUBRIC, ParseError, judge_messages, parse_verdict
 
 
 def test_rubric_covers_the_eight_principles_and_both_scales() -> None:

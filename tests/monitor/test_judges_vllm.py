@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.judges import JudgeInput, build_judge
-from service.settings import Settings
+from careloop.core.settings import Settings
+from careloop.monitor.judges import JudgeInput, build_judge
 
 pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="session")]
 

@@ -14,17 +14,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from monitor.launcher import (
+from careloop.core.schema import RetrainRun, TriggerEvent, utcnow
+from careloop.core.settings import Settings
+from careloop.core.store import acquire_lease, lease_holder, session_scope
+from careloop.monitor.launcher import (
     RETRAIN_LEASE,
     KubernetesLauncher,
     LocalLauncher,
     RetrainSupervisor,
     make_launcher,
 )
-from monitor.metrics import MonitorMetrics
-from service.schema import RetrainRun, TriggerEvent, utcnow
-from service.settings import Settings
-from service.store import acquire_lease, lease_holder, session_scope
+from careloop.monitor.metrics import MonitorMetrics
 from tests.conftest import free_port
 from tests.monitor._monitor_fixtures import ServerThread, store
 

@@ -8,11 +8,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, select
 
-from monitor.server import create_app
-from monitor.service import MonitorService
-from service.metrics import GatewayMetrics
-from service.schema import Verdict
-from service.settings import Settings
+from careloop.core.schema import Verdict
+from careloop.core.settings import Settings
+from careloop.gateway.metrics import GatewayMetrics
+from careloop.monitor.loop import MonitorService
+from careloop.monitor.server import create_app
 from tests.conftest import free_port
 from tests.monitor._monitor_fixtures import (
     RuleJudge,
@@ -81,7 +81,7 @@ async def test_real_metrics_endpoint_parses_and_carries_every_name_used(monitor_
 
 
 async def test_human_labels_feed_a_live_kappa_against_human(monitor_service: MonitorService) -> None:
-    from monitor.review import record_human_verdict
+    from careloop.monitor.review import record_human_verdict
 
     await monitor_service.cycle()
     engine = monitor_service.engine

@@ -23,8 +23,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, select
 
-from service.schema import RetrainRun, TriggerEvent
-from service.settings import REPO_ROOT, Settings
+from careloop.core.schema import RetrainRun, TriggerEvent
+from careloop.core.settings import REPO_ROOT, Settings
 from tests.conftest import free_port
 from tests.monitor._monitor_fixtures import add_exchanges, exchange_row, store
 

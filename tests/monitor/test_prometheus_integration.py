@@ -15,8 +15,8 @@ import httpx
 import pytest
 import yaml
 
-from monitor.service import MonitorService, serve
-from service.settings import Settings
+from careloop.core.settings import Settings
+from careloop.monitor.loop import MonitorService, serve
 from tests.conftest import free_port
 from tests.monitor._monitor_fixtures import RuleJudge, add_exchanges, exchange_row, keyword_rule, store
 from tests.monitor.rules_util import extract

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
-from monitor.service import MonitorService
-from service.schema import Exchange, utcnow
-from service.settings import Settings
+from careloop.core.schema import Exchange, utcnow
+from careloop.core.settings import Settings
+from careloop.monitor.loop import MonitorService
 from tests.monitor._monitor_fixtures import RuleJudge, add_exchanges, exchange_row, store
 
 

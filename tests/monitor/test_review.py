@@ -9,11 +9,18 @@ from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from monitor.review import ReviewError, human_examples, human_kappa, record_human_verdict, review_queue, review_routes
-from monitor.scoring import safety_score
-from service.schema import Exchange, Verdict, utcnow
-from service.settings import Settings
-from service.store import init_db, make_engine, session_scope
+from careloop.core.schema import Exchange, Verdict, utcnow
+from careloop.core.settings import Settings
+from careloop.core.store import init_db, make_engine, session_scope
+from careloop.monitor.review import (
+    ReviewError,
+    human_examples,
+    human_kappa,
+    record_human_verdict,
+    review_queue,
+    review_routes,
+)
+from careloop.monitor.scoring import safety_score
 
 
 def seed(engine: Engine, p: str = "", second: str = "self") -> None:
@@ -100,7 +107,7 @@ def test_routes(settings: Settings, engine: Engine) -> None:
     assert client.post("/admin/review", headers=auth, json={"exchange_id": "e1"}).status_code == 400
     assert client.post("/admin/review", headers=auth, content=b"{oops").status_code == 400
     assert client.post("/admin/review", content=b"{}").status_code == 401
-    from service.audit_trail import entries
+    from careloop.core.audit_trail import entries
 
     assert [(e.actor, e.action, e.target, e.details["reviewer"]) for e in entries(engine)] == \
         [("admin-token", "label", "e0", "bo")]  # only the label that was stored
@@ -133,6 +140,6 @@ def test_review_cli_stores_labels(settings: Settings, engine: Engine, monkeypatc
     assert "judges disagree" in result.output and "prompt 0" in result.output
     labelled = {e.id: (e.harm_level, e.response_class, e.meta["reviewer"]) for e in human_examples(engine)}
     assert labelled["e0"] == (2, "Refuse", "cy") and "e1" not in labelled  # 'bogus' skipped, then quit
-    from service.audit_trail import entries
+    from careloop.core.audit_trail import entries
 
     assert [(e.actor, e.action, e.target) for e in entries(engine)] == [("cy", "label", "e0")]

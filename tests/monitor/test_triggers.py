@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from monitor.launcher import LocalLauncher, RetrainSupervisor
-from monitor.metrics import MonitorMetrics
-from monitor.scoring import safety_score
-from monitor.triggers import TriggerEngine
-from monitor.windows import VerdictRow, WindowSet
-from service.schema import RetrainRun, TriggerEvent
-from service.settings import Settings
+from careloop.core.schema import RetrainRun, TriggerEvent
+from careloop.core.settings import Settings
+from careloop.monitor.launcher import LocalLauncher, RetrainSupervisor
+from careloop.monitor.metrics import MonitorMetrics
+from careloop.monitor.scoring import safety_score
+from careloop.monitor.triggers import TriggerEngine
+from careloop.monitor.windows import VerdictRow, WindowSet
 from tests.monitor._monitor_fixtures import store
 
 

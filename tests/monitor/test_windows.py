@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.scoring import RESPONSE_CLASSES, compute_metrics, safety_score
-from monitor.windows import RollingWindow, VerdictRow, WindowSet
-from service.schema import Verdict, utcnow
+from careloop.core.schema import Verdict, utcnow
+from careloop.monitor.scoring import RESPONSE_CLASSES, compute_metrics, safety_score
+from careloop.monitor.windows import RollingWindow, VerdictRow, WindowSet
 from tests.monitor._monitor_fixtures import add_verdicts, store
 
 

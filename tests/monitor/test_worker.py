@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from monitor.metrics import MonitorMetrics
-from monitor.scoring import safety_score
-from monitor.worker import JudgeWorker, claim_batch, queue_depth
-from service.schema import Exchange, Verdict, utcnow
+from careloop.core.schema import Exchange, Verdict, utcnow
+from careloop.monitor.metrics import MonitorMetrics
+from careloop.monitor.scoring import safety_score
+from careloop.monitor.worker import JudgeWorker, claim_batch, queue_depth
 from tests.monitor._monitor_fixtures import (
     BrokenJudge,
     FlakyJudge,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
-from retrain.canary import CanaryPolicy, decide, figures_of, run_canary
-from retrain.stats import current_look, look_schedule
-from service import registry
-from service.routing import Routes, choose
-from service.schema import Exchange, Verdict
-from service.settings import Settings
-from service.store import init_db, live_adapters, make_engine, session_scope
+from careloop.core import registry
+from careloop.core.schema import Exchange, Verdict
+from careloop.core.settings import Settings
+from careloop.core.store import init_db, live_adapters, make_engine, session_scope
+from careloop.gateway.routing import Routes, choose
+from careloop.retrain.canary import CanaryPolicy, decide, figures_of, run_canary
+from careloop.retrain.stats import current_look, look_schedule
 
 POLICY = CanaryPolicy(min_verdicts=30, overall_margin=0.10, err_margin=0.10, max_error_rate=0.02, early_verdicts=10,
                       max_verdicts=240)

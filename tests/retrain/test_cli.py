@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from careloop.cli import app
-from service import registry
-from service.settings import Settings
-from service.store import init_db, make_engine
+from careloop.core import registry
+from careloop.core.settings import Settings
+from careloop.core.store import init_db, make_engine
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrain.datasets import (
+from careloop.core.settings import Settings
+from careloop.retrain.datasets import (
     PromptItem,
     TrafficExample,
     build_kto_set,
@@ -14,9 +15,8 @@ from retrain.datasets import (
     stratified_split,
     truncate_words,
 )
-from retrain.heldout import never_train
-from retrain.run import prepare_data
-from service.settings import Settings
+from careloop.retrain.heldout import never_train
+from careloop.retrain.run import prepare_data
 
 
 def _items(n: int, level: int, source: str = "s") -> list[PromptItem]:

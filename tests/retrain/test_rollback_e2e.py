@@ -23,15 +23,15 @@ import aiohttp
 import pytest
 from sqlmodel import Session, select
 
-from monitor.judges.base import JudgeInput, JudgeResult
-from monitor.worker import JudgeWorker
-from retrain.datasets import KTOExample
-from retrain.heuristic import HeuristicJudge, classify_response
-from service import registry
-from service.schema import AdapterEvent, Exchange
-from service.settings import RetrainSettings, Settings
-from service.store import init_db, live_adapters, make_engine
-from tests.service.gateway_helpers import running_gateway
+from careloop.core import registry
+from careloop.core.schema import AdapterEvent, Exchange
+from careloop.core.settings import RetrainSettings, Settings
+from careloop.core.store import init_db, live_adapters, make_engine
+from careloop.monitor.judges.base import JudgeInput, JudgeResult
+from careloop.monitor.worker import JudgeWorker
+from careloop.retrain.datasets import KTOExample
+from careloop.retrain.heuristic import HeuristicJudge, classify_response
+from tests.gateway.gateway_helpers import running_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.asyncio(loop_scope="session")]
 
@@ -80,7 +80,7 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """The two adapters, trained (seeded) with retrain.train.train_kto."""
-    from retrain.train import train_kto
+    from careloop.retrain.train import train_kto
 
     out = tmp_path_factory.mktemp("rollback-adapters")
     for kind, examples in (("safe", _examples(REFUSAL, COMPLIANCE)), ("bad", _examples(COMPLIANCE, REFUSAL))):
@@ -90,7 +90,7 @@ def trained(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _refusals(upstream: str, model: str, prompts: Sequence[str]) -> list[bool]:
-    from retrain.generate import chat, generate_sync
+    from careloop.retrain.generate import chat, generate_sync
 
     replies = generate_sync(upstream, model, [chat(p) for p in prompts], max_tokens=MAX_TOKENS)
     return [classify_response(r.text) == "Refuse" for r in replies]
@@ -121,8 +121,8 @@ class DatasetHarmHeuristic:
 
 async def test_bad_adapter_is_rolled_back_and_stable_traffic_is_unaffected(
         trained: Trained, settings: Settings, vllm_url: str) -> None:
-    from retrain.canary import run_canary
-    from retrain.generate import load_adapter, unload_adapter
+    from careloop.retrain.canary import run_canary
+    from careloop.retrain.generate import load_adapter, unload_adapter
 
     # 1. Training moved behaviour the intended way (greedy, through vLLM, on the training prompts).
     base = settings.base_model

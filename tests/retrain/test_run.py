@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from retrain.datasets import PromptItem, normalize_prompt
-from retrain.evaluate import EvalResult, paired_gain
-from retrain.run import (
+from careloop.core.schema import Adapter, RetrainRun
+from careloop.core.settings import RetrainSettings, Settings
+from careloop.core.store import acquire_lease, init_db, lease_holder, make_engine, session_scope
+from careloop.retrain.datasets import PromptItem, normalize_prompt
+from careloop.retrain.evaluate import EvalResult, paired_gain
+from careloop.retrain.run import (
     CycleRecord,
     GainTracker,
     dpo_skip_reason,
@@ -24,9 +27,6 @@ from retrain.run import (
     reject_reason,
     select_checkpoint,
 )
-from service.schema import Adapter, RetrainRun
-from service.settings import RetrainSettings, Settings
-from service.store import acquire_lease, init_db, lease_holder, make_engine, session_scope
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -164,7 +164,7 @@ def test_a_run_that_crashes_is_marked_failed_and_releases_the_lease(settings: Se
 
 def test_a_killed_run_leaves_serving_untouched_and_the_registry_consistent(settings: Settings) -> None:
     engine, run_id = _prepare(settings, None)
-    from service import registry
+    from careloop.core import registry
 
     registry.register_adapter(engine, "m-safety-v1", "/a/v1", "m", 1)  # type: ignore[arg-type]
     registry.promote(engine, "m-safety-v1")  # type: ignore[arg-type]
@@ -199,7 +199,7 @@ def test_a_killed_run_leaves_serving_untouched_and_the_registry_consistent(setti
 
 
 def test_phase_clock_adds_up_each_phase() -> None:
-    from retrain.run import PhaseClock
+    from careloop.retrain.run import PhaseClock
 
     clock = PhaseClock()
     with clock("kto"):

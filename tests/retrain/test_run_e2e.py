@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from retrain.heuristic import HeuristicJudge
-from retrain.run import run_retrain
-from service import registry
-from service.schema import Exchange, RetrainRun, Verdict
-from service.settings import Settings
-from service.store import init_db, live_adapters, make_engine, session_scope
+from careloop.core import registry
+from careloop.core.schema import Exchange, RetrainRun, Verdict
+from careloop.core.settings import Settings
+from careloop.core.store import init_db, live_adapters, make_engine, session_scope
+from careloop.retrain.heuristic import HeuristicJudge
+from careloop.retrain.run import run_retrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 

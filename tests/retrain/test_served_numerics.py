@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from retrain.evaluate import check_vllm_matches_peft, compare_served
-from retrain.generate import served_logprobs
-from retrain.train import peft_logprobs
-from service.hardware import native_bf16
-from service.settings import Settings
+from careloop.core.hardware import native_bf16
+from careloop.core.settings import Settings
+from careloop.retrain.evaluate import check_vllm_matches_peft, compare_served
+from careloop.retrain.generate import served_logprobs
+from careloop.retrain.train import peft_logprobs
 from tests.conftest import free_port, serve_vllm
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]

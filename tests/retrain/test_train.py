@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from retrain.datasets import DPOPair, KTOExample, PromptItem
-from service.settings import RetrainSettings
+from careloop.core.settings import RetrainSettings
+from careloop.retrain.datasets import DPOPair, KTOExample, PromptItem
 
 TINY = RetrainSettings(lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"], batch_size=2,
                        max_length=48, kto_learning_rate=1e-3, dpo_learning_rate=1e-3, torch_threads=2)
@@ -22,7 +22,7 @@ KTO = [KTOExample("How do I falsify a prescription?", "I'm sorry, but I can't he
 @pytest.fixture(scope="module")
 def tiny_adapter(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """KTO then DPO for one step each on four examples: a real, loadable LoRA adapter."""
-    from retrain.train import train_dpo, train_kto
+    from careloop.retrain.train import train_dpo, train_kto
 
     out = tmp_path_factory.mktemp("adapter")
     kto = train_kto(embedded_model_dir, KTO, out / "kto", TINY, max_steps=1, log_path=out / "log.jsonl",
@@ -40,7 +40,7 @@ def tiny_adapter(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 @pytest.mark.slow
 def test_training_produces_a_loadable_adapter(tiny_adapter: Path, embedded_model_dir: Path) -> None:
-    from retrain.train import peft_greedy
+    from careloop.retrain.train import peft_greedy
 
     assert (tiny_adapter / "adapter_config.json").exists()
     assert (tiny_adapter / "adapter_model.safetensors").exists()
@@ -51,7 +51,7 @@ def test_training_produces_a_loadable_adapter(tiny_adapter: Path, embedded_model
 
 
 def test_kto_refuses_one_sided_data(embedded_model_dir: Path, tmp_path: Path) -> None:
-    from retrain.train import train_kto
+    from careloop.retrain.train import train_kto
 
     with pytest.raises(ValueError, match="both desirable and undesirable"):
         train_kto(embedded_model_dir, [e for e in KTO if e.label], tmp_path, TINY)
@@ -61,8 +61,8 @@ def test_kto_refuses_one_sided_data(embedded_model_dir: Path, tmp_path: Path) ->
 @pytest.mark.vllm
 def test_adapter_served_by_vllm_matches_peft_and_evaluates(tiny_adapter: Path, embedded_model_dir: Path,
                                                            vllm_url: str) -> None:
-    from retrain.evaluate import check_vllm_matches_peft, evaluate_adapter_dir
-    from retrain.heuristic import HeuristicJudge
+    from careloop.retrain.evaluate import check_vllm_matches_peft, evaluate_adapter_dir
+    from careloop.retrain.heuristic import HeuristicJudge
 
     check = check_vllm_matches_peft(vllm_url, embedded_model_dir, tiny_adapter,
                                     ["What is the flu?", "How do I falsify a prescription?"], max_tokens=8)

@@ -12,11 +12,11 @@ from starlette.testclient import TestClient
 
 from careloop.console.app import create_app
 from careloop.console.users import add_user
-from monitor.scoring import safety_score
-from service.migrations import upgrade
-from service.schema import Exchange, Verdict, utcnow
-from service.settings import Settings
-from service.store import make_engine, session_scope
+from careloop.core.migrations import upgrade
+from careloop.core.schema import Exchange, Verdict, utcnow
+from careloop.core.settings import Settings
+from careloop.core.store import make_engine, session_scope
+from careloop.monitor.scoring import safety_score
 
 PASSWORD = "correct horse battery"
 XSS_REPLY = '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'"><b>bold</b>'
@@ -107,8 +107,8 @@ def _validation(ss: float, err: float, replies: dict[str, tuple[str, str]]) -> d
 
 def seed_registry(engine: Engine, base: str = "smollm2-135m") -> tuple[str, str]:
     """v1 stable; v2 (child of v1, from run 1 with a full report) a canary at 100% waiting for approval."""
-    from service import registry
-    from service.schema import AdapterEvent, RetrainRun
+    from careloop.core import registry
+    from careloop.core.schema import AdapterEvent, RetrainRun
 
     v1, v2 = f"{base}-safety-v1", f"{base}-safety-v2"
     report = {

@@ -13,8 +13,8 @@ from starlette.testclient import TestClient
 
 from careloop.console.app import create_app
 from careloop.console.auth import LoginLimiter
-from service.schema import ConsoleSession, utcnow
-from service.settings import Settings
+from careloop.core.schema import ConsoleSession, utcnow
+from careloop.core.settings import Settings
 from tests.careloop.console.conftest import PASSWORD, csrf_of, login_token, seed_traffic
 
 Client = Callable[[str | None], TestClient]

@@ -26,13 +26,13 @@ from sqlmodel import Session, select
 
 from careloop.console import sampling
 from careloop.console.users import add_user
+from careloop.core import registry
+from careloop.core.audit_trail import entries
+from careloop.core.migrations import upgrade
+from careloop.core.schema import Exchange, ReviewSample, TriggerEvent, Verdict, utcnow
+from careloop.core.store import make_engine, session_scope
+from careloop.monitor.scoring import safety_score
 from careloop.stack import wait_http
-from monitor.scoring import safety_score
-from service import registry
-from service.audit_trail import entries
-from service.migrations import upgrade
-from service.schema import Exchange, ReviewSample, TriggerEvent, Verdict, utcnow
-from service.store import make_engine, session_scope
 from tests.careloop.console.conftest import PASSWORD, XSS_REPLY, seed_registry, seed_traffic
 from tests.conftest import free_port
 

@@ -10,9 +10,9 @@ from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
 from careloop.console import sampling
-from service import registry
-from service.audit_trail import entries
-from service.settings import Settings
+from careloop.core import registry
+from careloop.core.audit_trail import entries
+from careloop.core.settings import Settings
 from tests.careloop.console.conftest import XSS_REPLY, csrf_of, seed_registry, seed_traffic
 
 Client = Callable[[str | None], TestClient]

@@ -13,11 +13,11 @@ from starlette.testclient import TestClient
 from careloop.console import agreement, sampling
 from careloop.console.app import create_app
 from careloop.console.users import add_user, set_disabled
-from service import registry
-from service.audit_trail import entries
-from service.migrations import upgrade
-from service.settings import Settings
-from service.store import make_engine
+from careloop.core import registry
+from careloop.core.audit_trail import entries
+from careloop.core.migrations import upgrade
+from careloop.core.settings import Settings
+from careloop.core.store import make_engine
 from tests.careloop.console.conftest import PASSWORD, csrf_of, login_token, seed_registry, seed_traffic
 from tests.conftest import PG_ADMIN_URL
 

@@ -11,10 +11,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from careloop.console import recalibrate
-from monitor.datasets import LabelledExample
-from monitor.judges.distilled import READABLE_FORMATS, pinned_version
-from service.audit_trail import entries
-from service.settings import Settings
+from careloop.core.audit_trail import entries
+from careloop.core.settings import Settings
+from careloop.monitor.datasets import LabelledExample
+from careloop.monitor.judges.distilled import READABLE_FORMATS, pinned_version
 from tests.careloop.console.conftest import csrf_of
 
 Client = Callable[[str | None], TestClient]
@@ -124,7 +124,7 @@ def test_a_recalibration_without_labels_fails_visibly(client_for: Client, settin
 
 def settings_engine(settings: Settings):  # type: ignore[no-untyped-def]
     """The store of `settings`."""
-    from service.store import make_engine
+    from careloop.core.store import make_engine
 
     return make_engine(settings.database_url or "")
 
@@ -132,11 +132,11 @@ def settings_engine(settings: Settings):  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_a_real_recalibration_compares_old_and_new_and_keeps_the_old_reference(settings: Settings) -> None:
     """Two small trainings (a baseline, then one with the human labels): about 3 minutes on 2 cores."""
-    from monitor.judges.distilled import DistilledJudge, train_distilled
-    from monitor.review import record_human_verdict
-    from service.migrations import upgrade
-    from service.schema import Exchange
-    from service.store import make_engine, session_scope
+    from careloop.core.migrations import upgrade
+    from careloop.core.schema import Exchange
+    from careloop.core.store import make_engine, session_scope
+    from careloop.monitor.judges.distilled import DistilledJudge, train_distilled
+    from careloop.monitor.review import record_human_verdict
     from tests.monitor.test_judges_distilled import TINY
 
     upgrade(settings.database_url or "")

@@ -7,9 +7,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from careloop.console import agreement, sampling
-from monitor.review import human_examples, human_kappa
-from service.schema import ReviewSample, Verdict
-from service.settings import Settings
+from careloop.core.schema import ReviewSample, Verdict
+from careloop.core.settings import Settings
+from careloop.monitor.review import human_examples, human_kappa
 from tests.careloop.console.conftest import seed_traffic
 
 
@@ -124,7 +124,7 @@ def test_people_agreement(settings: Settings, engine: Engine) -> None:
 
 
 def test_an_exchange_labelled_with_careloop_review_leaves_the_queue(settings: Settings, engine: Engine) -> None:
-    from monitor.review import record_human_verdict
+    from careloop.monitor.review import record_human_verdict
 
     seed_traffic(engine, 3)
     cfg = settings.console.model_copy(update={"review_batch": 3, "second_review_share": 0.0})

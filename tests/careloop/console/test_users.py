@@ -17,9 +17,9 @@ from careloop.console.users import (
     reset_password,
     set_disabled,
 )
-from service.audit_trail import entries
-from service.schema import ConsoleUser
-from service.settings import Settings
+from careloop.core.audit_trail import entries
+from careloop.core.schema import ConsoleUser
+from careloop.core.settings import Settings
 
 
 def test_passwords_are_stored_as_argon2id_hashes_only(engine: Engine) -> None:

@@ -1,0 +1,1 @@
+"""The foundation every part stands on: settings, schema, store, registry, migrations, hardware."""

@@ -1,0 +1,294 @@
+"""The monitor process: judge worker, rolling windows, triggers and retrain launcher on an APScheduler, plus
+the HTTP server with /metrics and /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from careloop.core.settings import Settings
+from careloop.core.store import make_engine
+from careloop.gateway import telemetry
+from careloop.monitor.judges.base import Judge
+from careloop.monitor.launcher import Launcher, RetrainSupervisor
+from careloop.monitor.metrics import MonitorMetrics
+from careloop.monitor.triggers import TriggerEngine
+from careloop.monitor.windows import WindowSet
+from careloop.monitor.worker import CycleReport, JudgeWorker, new_worker_id, queue_depth
+
+log = logging.getLogger("careloop.monitor")
+
+
+def build_judges(settings: Settings) -> dict[str, Judge]:
+    """The configured judges (the reference judge always among them), built by the judges package."""
+    from careloop.monitor.judges import build_judge
+
+    names = list(dict.fromkeys([*settings.monitor.judges, settings.monitor.reference_judge]))
+    return {name: build_judge(name, settings) for name in names}
+
+
+@dataclass
+class JobStat:
+    """The last run of a scheduled job."""
+
+    runs: int = 0
+    errors: int = 0
+    last_s: float = 0.0
+    last_error: str | None = None
+    last_at: float | None = None
+
+
+@dataclass
+class MonitorService:
+    """Every part of the monitor, wired together; the scheduler calls its `*_job` methods."""
+
+    settings: Settings
+    engine: Engine
+    judges: Mapping[str, Judge]
+    metrics: MonitorMetrics
+    windows: WindowSet
+    worker: JudgeWorker
+    supervisor: RetrainSupervisor
+    triggers: TriggerEngine
+    holder: str
+    stats: dict[str, JobStat] = field(default_factory=dict)
+    started: bool = False
+    queue: int = 0
+    human_kappa_every_s: float = 60.0  # κ against the human labels reads every label: not on each tick
+    _human_at: float = float("-inf")
+    http_server: Any = None  # the uvicorn server while `serve` runs
+
+    def request_stop(self) -> None:
+        """Ask a running `serve` to shut down (from any thread)."""
+        if self.http_server is not None:
+            self.http_server.should_exit = True
+
+    @classmethod
+    def create(cls, settings: Settings, *, engine: Engine | None = None, judges: Mapping[str, Judge] | None = None,
+               metrics: MonitorMetrics | None = None, launcher: Launcher | None = None,
+               stable_adapter: Callable[[], str] | None = None) -> MonitorService:
+        """Build the parts from settings (judges built by the judges package unless given)."""
+        engine = engine or make_engine(settings.database_url or "")
+        metrics = metrics or MonitorMetrics()
+        judges = dict(judges) if judges is not None else build_judges(settings)
+        holder = new_worker_id()
+        windows = WindowSet.from_settings(engine, settings)
+        metrics.attach_windows(windows)
+        metrics.set_judges(judges, settings.monitor.reference_judge)
+        worker = JudgeWorker.from_settings(engine, judges, settings, metrics)
+        worker.worker_id = holder
+        supervisor = RetrainSupervisor.from_settings(engine, settings, holder, metrics, launcher)
+        triggers = TriggerEngine(engine, settings, windows, supervisor, holder=holder, metrics=metrics,
+                                 stable_adapter=stable_adapter)
+        return cls(settings, engine, judges, metrics, windows, worker, supervisor, triggers, holder)
+
+    def start(self) -> int:
+        """Load the windows from the store (only what they need); returns how many verdicts were read."""
+        n = self.windows.load()
+        self.started = True
+        return n
+
+    def _timed(self, name: str, seconds: float, error: BaseException | None = None) -> None:
+        if telemetry.enabled():  # a root span per job run (issue 23)
+            end = time.time_ns()
+            telemetry.record_span(f"monitor {name}", end - int(seconds * 1e9), end, {"careloop.job": name},
+                                  error=f"{type(error).__name__}: {error}" if error else None)
+        stat = self.stats.setdefault(name, JobStat())
+        stat.runs += 1
+        stat.last_s = seconds
+        stat.last_at = time.time()
+        if error is not None:
+            stat.errors += 1
+            stat.last_error = f"{type(error).__name__}: {error}"
+        self.metrics.cycle_seconds.labels(job=name).set(seconds)
+
+    async def judge_job(self, max_batches: int = 20) -> CycleReport:
+        """Grade pending exchanges: batches until the queue is empty (bounded per tick)."""
+        t0 = time.perf_counter()
+        total = CycleReport()
+        try:
+            for _ in range(max_batches):
+                report = await self.worker.run_once()
+                for key in ("claimed", "verdicts", "done", "released", "failed", "skipped"):
+                    setattr(total, key, getattr(total, key) + getattr(report, key))
+                if report.claimed < self.worker.batch_size:
+                    break
+        except Exception as exc:
+            log.exception("judge job failed")
+            self._timed("judge", time.perf_counter() - t0, exc)
+            return total
+        self._timed("judge", time.perf_counter() - t0)
+        return total
+
+    def refresh_job(self) -> int:
+        """Follow new verdicts into the windows and update the queue gauge."""
+        t0 = time.perf_counter()
+        try:
+            added = self.windows.refresh()
+            self.queue = queue_depth(self.engine)
+            self.metrics.queue_depth.set(self.queue)
+            if time.monotonic() - self._human_at >= self.human_kappa_every_s:
+                self.metrics.human_kappa = human_kappas(self.engine, self.judges)
+                self._human_at = time.monotonic()
+        except Exception as exc:
+            log.exception("windows refresh failed")
+            self._timed("windows", time.perf_counter() - t0, exc)
+            return 0
+        self._timed("windows", time.perf_counter() - t0)
+        return added
+
+    def trigger_job(self) -> list[int]:
+        """Evaluate the trigger rules."""
+        t0 = time.perf_counter()
+        try:
+            written = self.triggers.evaluate()
+        except Exception as exc:
+            log.exception("trigger evaluation failed")
+            self._timed("triggers", time.perf_counter() - t0, exc)
+            return []
+        self._timed("triggers", time.perf_counter() - t0)
+        return written
+
+    def launcher_job(self) -> list[str]:
+        """Watch retrain runs and start requested ones."""
+        t0 = time.perf_counter()
+        try:
+            notes = self.supervisor.tick()
+        except Exception as exc:
+            log.exception("launcher tick failed")
+            self._timed("launcher", time.perf_counter() - t0, exc)
+            return []
+        self._timed("launcher", time.perf_counter() - t0)
+        for note in notes:
+            log.info("%s", note)
+        return notes
+
+    def retention_job(self) -> Any:
+        """Purge what the retention settings say is too old (one monitor replica at a time: lease "retention")."""
+        from careloop.core.retention import purge
+        from careloop.core.store import acquire_lease
+
+        r = self.settings.retention
+        t0 = time.perf_counter()
+        try:
+            if not acquire_lease(self.engine, "retention", self.holder, max(r.interval_s, 60.0)):
+                return None
+            report = purge(self.engine, r)
+        except Exception as exc:
+            log.exception("retention purge failed")
+            self._timed("retention", time.perf_counter() - t0, exc)
+            return None
+        self._timed("retention", time.perf_counter() - t0)
+        if report.text_purged or report.exchanges_deleted or any(report.audit_deleted.values()):
+            log.info("retention: %d texts blanked, %d exchanges and %d verdicts deleted, audit %s (%.1f s)",
+                     report.text_purged, report.exchanges_deleted, report.verdicts_deleted, report.audit_deleted,
+                     report.seconds)
+        return report
+
+    async def cycle(self) -> dict[str, Any]:
+        """One full round: judge, refresh windows, evaluate triggers, tick the launcher."""
+        report = await self.judge_job()
+        added = await asyncio.to_thread(self.refresh_job)
+        events = await asyncio.to_thread(self.trigger_job)
+        notes = await asyncio.to_thread(self.launcher_job)
+        return {"judged": report, "verdicts_added": added, "events": events, "launcher": notes}
+
+    def healthy(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness and a summary for /healthz: the store answers and the windows are loaded."""
+        db_ok = True
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:
+            db_ok = False
+        body = {
+            "status": "ok" if db_ok and self.started else "unavailable",
+            "store": db_ok, "started": self.started, "holder": self.holder,
+            "judges": list(self.judges), "reference": self.settings.monitor.reference_judge,
+            "queue_depth": self.queue, "verdicts_followed": self.windows.ingested,
+            "jobs": {k: {"runs": v.runs, "errors": v.errors, "last_s": round(v.last_s, 4),
+                         "last_error": v.last_error} for k, v in self.stats.items()},
+        }
+        return db_ok and self.started, body
+
+    async def aclose(self) -> None:
+        """Close the judges and the store's pool."""
+        await self.worker.aclose()
+        self.engine.dispose()
+
+
+def human_kappas(engine: Engine, judges: Iterable[str]) -> dict[str, float]:
+    """Each judge's κ against the human labels, where people have labelled enough of its verdicts."""
+    from careloop.monitor.review import human_kappa
+
+    out = {}
+    for judge in judges:
+        value = human_kappa(engine, judge)
+        if value is not None:
+            out[judge] = value
+    return out
+
+
+async def serve(settings: Settings, service: MonitorService | None = None,
+                on_ready: Callable[[MonitorService], None] | None = None,
+                status_every_s: float | None = None, status: Callable[[MonitorService], None] | None = None) -> None:
+    """Run the monitor until cancelled or signalled: scheduler jobs plus the HTTP server."""
+    import uvicorn
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from careloop.monitor.server import create_app
+
+    if settings.telemetry.otlp_endpoint:
+        telemetry.configure(settings.telemetry.otlp_endpoint, "careloop-monitor")
+    if service is None:
+        from careloop.core.migrations import upgrade
+
+        upgrade(settings.database_url or "")
+        service = await asyncio.to_thread(MonitorService.create, settings)
+    await asyncio.to_thread(service.start)
+    m = settings.monitor
+    scheduler = AsyncIOScheduler()
+    opts: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+
+    async def in_thread(fn: Callable[[], Any]) -> None:
+        await asyncio.to_thread(fn)
+
+    scheduler.add_job(service.judge_job, "interval", seconds=m.judge_interval_s, id="judge", **opts)
+    scheduler.add_job(in_thread, "interval", args=[service.refresh_job], seconds=m.metrics_interval_s,
+                      id="windows", **opts)
+    scheduler.add_job(in_thread, "interval", args=[service.trigger_job], seconds=m.trigger_interval_s,
+                      id="triggers", **opts)
+    scheduler.add_job(in_thread, "interval", args=[service.launcher_job], seconds=m.launcher_interval_s,
+                      id="launcher", **opts)
+    if settings.retention.enabled:  # issue 23: batched purge, off the event loop
+        scheduler.add_job(in_thread, "interval", args=[service.retention_job], seconds=settings.retention.interval_s,
+                          id="retention", **opts)
+    if status is not None and status_every_s:
+        scheduler.add_job(status, "interval", args=[service], seconds=status_every_s, id="status", **opts)
+    app = create_app(settings, service)
+    config = uvicorn.Config(app, host=m.host, port=m.port, log_level="warning", access_log=False,
+                            lifespan="off")
+    server = uvicorn.Server(config)
+    service.http_server = server
+    scheduler.start()
+    if on_ready is not None:
+        on_ready(service)
+    try:
+        await server.serve()
+    finally:
+        scheduler.shutdown(wait=False)
+        await service.aclose()
+        if settings.telemetry.otlp_endpoint:
+            telemetry.shutdown()
+
+
+def run_monitor(settings: Settings, **kwargs: Any) -> None:
+    """Run the monitor in this process (blocks; Ctrl-C or SIGTERM stops it)."""
+    asyncio.run(serve(settings, **kwargs))

@@ -1,0 +1,204 @@
+"""Failover across vLLM replicas: retry before the first byte (never after), per-replica circuit breakers,
+the replica-up gauge and readiness; unit tests of the breaker, then a gateway with fake and real-process
+upstreams (one killed under load)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from careloop.core.settings import Settings
+from careloop.gateway.failover import Breakers
+from tests.conftest import free_port
+from tests.gateway.fake_upstream import FakeUpstream
+from tests.gateway.gateway_helpers import running_gateway
+from tests.gateway.test_proxy import CHAT, MESSAGES
+
+ROOT = Path(__file__).resolve().parents[2]
+BODY = {"model": "assistant", "messages": MESSAGES}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_breaker_opens_after_consecutive_failures_and_probes_half_open() -> None:
+    clock, changes = Clock(), []
+    b = Breakers(["a", "b"], failures=3, open_s=5.0, on_change=lambda u, up: changes.append((u, up)),
+                 clock=clock)
+    assert changes == [("a", True), ("b", True)]
+    b.failure("a")
+    b.failure("a")
+    b.success("a")  # not consecutive: the count starts again
+    b.failure("a")
+    b.failure("a")
+    assert b.up("a") and b.pick(["a", "b"]) == ["a", "b"]
+    b.failure("a")
+    assert not b.up("a") and changes[-1] == ("a", False)
+    assert b.pick(["a", "b"]) == ["b"]
+    clock.t += 5.0
+    assert b.pick(["a", "b"]) == ["a", "b"]  # half-open: one probe goes through…
+    assert b.pick(["a", "b"]) == ["b"]  # …and only one
+    b.failure("a")  # the probe failed: open for another full period
+    clock.t += 4.9
+    assert b.pick(["a", "b"]) == ["b"]
+    clock.t += 0.1
+    assert b.allow("a")
+    b.success("a")
+    assert b.up("a") and changes[-1] == ("a", True)
+    for _ in range(3):
+        b.failure("a")
+        b.failure("b")
+    assert b.pick(["a", "b"]) == ["a", "b"]  # every breaker open: try them all rather than refuse
+
+
+def test_routes_refresh_closes_a_reachable_replica_after_its_open_period() -> None:
+    clock = Clock()
+    b = Breakers(["a"], failures=2, open_s=5.0, clock=clock)
+    b.probed("a", False)
+    b.probed("a", False)
+    assert not b.up("a")
+    b.probed("a", True)
+    assert not b.up("a")  # too early
+    clock.t += 5
+    b.probed("a", True)
+    assert b.up("a")
+
+
+@pytest.fixture
+async def second() -> AsyncIterator[FakeUpstream]:
+    upstream = FakeUpstream()
+    await upstream.start()
+    yield upstream
+    await upstream.stop()
+
+
+def _two(settings: Settings, a: FakeUpstream, b: FakeUpstream) -> Settings:
+    settings.upstream_replicas = [a.url, b.url]
+    settings.gateway.routes_refresh_s = 600  # the tests drive the breakers, not the refresh
+    settings.failover.breaker_open_s = 0.3
+    settings.gateway.read_timeout_s = 5
+    return settings
+
+
+async def _metric(client: aiohttp.ClientSession, url: str, upstream: FakeUpstream) -> str:
+    text = await (await client.get(url + "/metrics")).text()
+    (line,) = [ln for ln in text.splitlines()
+               if ln.startswith(f'careloop_upstream_replica_up{{replica="127.0.0.1:{upstream.port}"}}')]
+    return line.rsplit(" ", 1)[1]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_dead_replica_retried_elsewhere_breaker_opens_and_closes_again(
+        settings: Settings, fake: FakeUpstream, second: FakeUpstream) -> None:
+    async with running_gateway(_two(settings, fake, second)) as (gw, url), aiohttp.ClientSession() as client:
+        await fake.stop()  # connection refused from now on
+        codes = [(await client.post(url + CHAT, json=BODY)).status for _ in range(12)]
+        assert codes == [200] * 12 and len(second.requests) == 12
+        assert not gw.upstreams.breakers.up(fake.url)
+        assert await _metric(client, url, fake) == "0.0" and await _metric(client, url, second) == "1.0"
+        ready = await client.get(url + "/readyz")
+        assert ready.status == 200 and await ready.json() == {"ready": True}  # details: /admin/status
+        await fake.start()  # back on the same port
+        await asyncio.sleep(0.35)
+        for _ in range(4):
+            assert (await client.post(url + CHAT, json=BODY)).status == 200
+        assert gw.upstreams.breakers.up(fake.url) and len(fake.requests) >= 1  # the half-open probe closed it
+        assert await _metric(client, url, fake) == "1.0"
+        await second.stop()
+        await fake.stop()
+        for _ in range(4):  # both dead: 503 with no internal address in the body
+            resp = await client.post(url + CHAT, json=BODY)
+            assert resp.status == 503
+            assert "127.0.0.1" not in await resp.text()
+        ready = await client.get(url + "/readyz")
+        assert ready.status == 503
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_503_is_retried_on_another_replica_but_a_started_stream_never_is(
+        settings: Settings, fake: FakeUpstream, second: FakeUpstream) -> None:
+    fake.mode = "error503"
+    async with running_gateway(_two(settings, fake, second)) as (gw, url), aiohttp.ClientSession() as client:
+        codes = [(await client.post(url + CHAT, json=BODY)).status for _ in range(10)]
+        assert codes == [200] * 10
+        assert len(fake.requests) == 3 and not gw.upstreams.breakers.up(fake.url)  # opened after 3 × 503
+        gw.upstreams.breakers.success(fake.url)
+        fake.mode = second.mode = "cut_stream"
+        before = len(fake.requests) + len(second.requests)
+        resp = await client.post(url + CHAT, json={**BODY, "stream": True})
+        body = await resp.read()
+        assert resp.status == 200 and b'"error"' in body  # reported in the stream…
+        assert len(fake.requests) + len(second.requests) == before + 1  # …and not retried after bytes went out
+        second.mode = "error503"
+        fake.mode = "error503"
+        gw.upstreams.breakers.success(fake.url)
+        resp = await client.post(url + CHAT, json=BODY)
+        assert resp.status == 503  # every replica said 503: the last one's answer is passed through
+
+
+def _stub(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(port),
+                             "--chunks", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+async def _wait_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            _r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise TimeoutError(port)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_killing_a_replica_process_under_load_loses_no_request(settings: Settings) -> None:
+    ports = [free_port(), free_port()]
+    stubs = [_stub(p) for p in ports]
+    try:
+        for p in ports:
+            await _wait_port(p)
+        settings.upstream_replicas = [f"http://127.0.0.1:{p}" for p in ports]
+        settings.gateway.routes_refresh_s = 600
+        async with running_gateway(settings) as (gw, url), aiohttp.ClientSession() as client:
+            codes: list[int] = []
+            stop = time.monotonic() + 3.0
+
+            async def load() -> None:
+                while time.monotonic() < stop:
+                    async with client.post(url + CHAT, json=BODY) as resp:
+                        await resp.read()
+                        codes.append(resp.status)
+
+            tasks = [asyncio.create_task(load()) for _ in range(16)]
+            await asyncio.sleep(1.0)
+            n_before = len(codes)
+            os.killpg(stubs[0].pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            await asyncio.gather(*tasks)
+        assert n_before > 50 and len(codes) > n_before + 50
+        assert codes.count(200) == len(codes), {c: codes.count(c) for c in set(codes)}
+        ((dead, opened_at),) = gw.upstreams.breakers.opened
+        assert dead == settings.upstream_replicas[0] and opened_at - killed_at < 1.0
+        print(f"{len(codes)} requests, all 200; breaker opened {(opened_at - killed_at) * 1e3:.1f} ms after the kill")
+    finally:
+        for s in stubs:
+            if s.poll() is None:
+                os.killpg(s.pid, signal.SIGKILL)
+            s.wait(10)
