@@ -1,6 +1,6 @@
 """`careloop config show`: every setting with its default, environment variable, current value and description.
 
-Generated from the one settings model (`careloop/core/settings.py`), so it cannot drift from it: nested models are
+Generated from the one settings model (`careloop/core/settings/`), so it cannot drift from it: nested models are
 flattened (`retrain.kto_learning_rate`, environment `CARELOOP_RETRAIN__KTO_LEARNING_RATE`).
 """
 
