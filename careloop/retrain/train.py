@@ -131,7 +131,8 @@ def train_kto(base_model_dir: Path, examples: Sequence[KTOExample], out_dir: Pat
         else:
             des_w = min(4 / 3, n_und / n_des)
     args = KTOConfig(**_common_args(rs, out_dir, rs.kto_learning_rate, len(examples), max_steps, progress),
-                     beta=rs.kto_beta, desirable_weight=des_w, undesirable_weight=und_w)
+                     beta=rs.kto_beta, loss_type=rs.kto_loss_type, desirable_weight=des_w,
+                     undesirable_weight=und_w)
     callbacks: list[Any] = [_JsonlLogger(log_path, "kto").callback] if log_path else []
     trainer: Any = KTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(kto_rows(examples, tokenizer)),
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)

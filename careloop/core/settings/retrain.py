@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -58,6 +60,9 @@ class RetrainSettings(BaseModel):
     require_approval: bool = Field(default=False, description="A person must approve before a canary is promoted.")
     accelerate_config: str | None = Field(default=None, description="FSDP / DeepSpeed config for multi-GPU jobs.")
     kto_beta: float = Field(default=0.1, description="KTO beta.")
+    kto_loss_type: Literal["kto", "apo_zero_unpaired"] = Field(default="kto", description=(
+        "TRL's KTO loss: \"kto\" estimates the KL reference point from mismatched pairs (two extra forward "
+        "passes a step); \"apo_zero_unpaired\" is the same loss with the reference point at 0 (docs/recipe.md)."))
     dpo_beta: float = Field(default=0.1, description="DPO beta.")
     warmup_fraction: float = Field(default=0.1, description="Learning-rate warmup, as a share of one epoch's steps.")
     seed: int = Field(default=0, description="Random seed of training and sampling.")
@@ -109,6 +114,3 @@ class DemoSettings(BaseModel):
     eval_xstest_safe: int = Field(default=100, description="Held-out XSTest safe prompts evaluated before and after.")
     timeout_s: float = Field(default=5400.0, description=(
         "Give up after this (the run is measured to fit in an hour; the wall time is reported)."))
-
-
-# --- Operations (issue 23): failover, client keys and rate limits, retention, tracing. ---
