@@ -83,7 +83,9 @@ def insert_exchanges(engine: Engine, rows: Iterable[dict[str, Any]]) -> int:
         else:
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            stmt = pg_insert(Exchange).on_conflict_do_nothing(index_elements=["id"])
+            # no conflict target: the key is `id` on a plain table and (id, created_at) on a day-partitioned one
+            # (revision 0006); a replayed row carries its first created_at, so it conflicts either way
+            stmt = pg_insert(Exchange).on_conflict_do_nothing()
         conn.execute(stmt, batch)
     return len(batch)
 
