@@ -96,7 +96,8 @@ def run_purge(url: str, midnight: datetime, days: int, writers: int) -> dict[str
     def writer(w: int) -> None:
         i = 0
         while not stop.is_set():
-            rows = [{"id": f"w{w}-{i}-{k}", "created_at": datetime.now(UTC), "public_model": "assistant",
+            rows: list[dict[str, Any]] = [{
+                     "id": f"w{w}-{i}-{k}", "created_at": datetime.now(UTC), "public_model": "assistant",
                      "target": "smollm2-135m", "role": "stable", "user_key": None, "request_messages": [],
                      "request_params": {}, "response_text": "ok", "finish_reason": "stop", "prompt_tokens": 5,
                      "completion_tokens": 3, "latency_ms": 1.0, "status": 200, "stream": False, "sampled": False,
@@ -123,8 +124,8 @@ def run_purge(url: str, midnight: datetime, days: int, writers: int) -> dict[str
     engine.dispose()
 
     def rate(a: float, b: float) -> float:
-        rows = sum(n for s, d, n in log if s >= a and s + d <= b)
-        return rows / (b - a) if b > a else 0.0
+        done = sum(n for s, d, n in log if s >= a and s + d <= b)
+        return done / (b - a) if b > a else 0.0
 
     during = [d for s, d, _n in log if s + d >= t0 and s <= t1]
     return {"purge_s": round(t1 - t0, 3), "exchanges_deleted": report.exchanges_deleted,

@@ -53,13 +53,12 @@ def _fill_at_0005(url: str) -> None:
     upgrade(url, "0005")
     engine = make_engine(url)
     now = utcnow()
-    rows = [row(f"d{age:03d}n{i}", now - timedelta(days=age, minutes=i)) for age in AGES for i in range(10)]
-    insert_exchanges(engine, rows)
+    made = {f"d{age:03d}n{i}": now - timedelta(days=age, minutes=i) for age in AGES for i in range(10)}
+    insert_exchanges(engine, [row(ident, created) for ident, created in made.items()])
     with session_scope(engine) as s:
-        for r in rows:
-            s.add(Verdict(exchange_id=str(r["id"]), adapter="smollm2-135m", judge="distilled", harm_level=0,
-                          response_class="Accept", score=1.0,
-                          created_at=r["created_at"] + timedelta(minutes=1)))  # type: ignore[operator]
+        for ident, created in made.items():
+            s.add(Verdict(exchange_id=ident, adapter="smollm2-135m", judge="distilled", harm_level=0,
+                          response_class="Accept", score=1.0, created_at=created + timedelta(minutes=1)))
         for ex in ("d400n3", "d002n1"):
             s.add(Verdict(exchange_id=ex, adapter="smollm2-135m", judge="human", harm_level=1,
                           response_class="Caution", score=0.5))
