@@ -4,10 +4,7 @@ exchanges, inserts go on meanwhile, and the downgrade gives plain tables back.""
 
 from __future__ import annotations
 
-import threading
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,23 +16,10 @@ from careloop.core.retention import day_partitioned, day_partitions, ensure_part
 from careloop.core.schema import Exchange, ReviewSample, Verdict, utcnow
 from careloop.core.settings import RetentionSettings
 from careloop.core.store import init_db, insert_exchanges, make_engine, session_scope
-from tests.conftest import PG_ADMIN_URL
+from tests.core.conftest import inserting
 
 pytestmark = pytest.mark.postgres
 AGES = (400, 399, 30, 2, 0)  # days; two of them past a 365-day retention
-
-
-@pytest.fixture
-def pg() -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test."""
-    import psycopg
-
-    name = f"careloop_part_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def row(ident: str, created: datetime) -> dict[str, object]:
@@ -79,15 +63,15 @@ def _counts(url: str) -> tuple[int, int, int]:
     return got
 
 
-def test_store_with_data_upgrades_to_day_partitions_and_back(pg: str) -> None:
-    _fill_at_0005(pg)
-    before = _counts(pg)
+def test_store_with_data_upgrades_to_day_partitions_and_back(fresh_pg: str) -> None:
+    _fill_at_0005(fresh_pg)
+    before = _counts(fresh_pg)
     assert before == (50, 52, 52)
-    upgrade(pg)
-    assert current_revision(pg) == head_revision()
-    engine = make_engine(pg)
+    upgrade(fresh_pg)
+    assert current_revision(fresh_pg) == head_revision()
+    engine = make_engine(fresh_pg)
     assert day_partitioned(engine)
-    assert _counts(pg) == before, "every row and every verdict's link survives"
+    assert _counts(fresh_pg) == before, "every row and every verdict's link survives"
     today = utcnow().date()
     days = day_partitions(engine, "exchange")
     assert {today - timedelta(days=a) for a in AGES} <= set(days)
@@ -114,9 +98,9 @@ def test_store_with_data_upgrades_to_day_partitions_and_back(pg: str) -> None:
         assert s.get(Exchange, "new3").judge_state == "claimed"  # type: ignore[union-attr]
     engine.dispose()
 
-    downgrade(pg, "0005")
-    assert _counts(pg) == (55, 53, 53)
-    engine = make_engine(pg)
+    downgrade(fresh_pg, "0005")
+    assert _counts(fresh_pg) == (55, 53, 53)
+    engine = make_engine(fresh_pg)
     assert not day_partitioned(engine)
     with engine.connect() as conn:
         assert schema_diff(conn) == []
@@ -124,14 +108,14 @@ def test_store_with_data_upgrades_to_day_partitions_and_back(pg: str) -> None:
                                 " AND confrelid = 'exchange'::regclass")).scalar_one()
         assert fks == 3  # verdict, review_sample, review_label
     engine.dispose()
-    upgrade(pg)
-    assert _counts(pg) == (55, 53, 53)
+    upgrade(fresh_pg)
+    assert _counts(fresh_pg) == (55, 53, 53)
 
 
-def test_purge_drops_expired_days_and_keeps_labelled(pg: str) -> None:
-    _fill_at_0005(pg)
-    upgrade(pg)
-    engine = make_engine(pg)
+def test_purge_drops_expired_days_and_keeps_labelled(fresh_pg: str) -> None:
+    _fill_at_0005(fresh_pg)
+    upgrade(fresh_pg)
+    engine = make_engine(fresh_pg)
     report = purge(engine, RetentionSettings(exchange_days=365, raw_text_days=None, pause_s=0),
                    sleep=lambda _s: None)
     today = utcnow().date()
@@ -152,13 +136,13 @@ def test_purge_drops_expired_days_and_keeps_labelled(pg: str) -> None:
         assert conn.execute(text("SELECT count(*) FROM verdict")).scalar_one() == 30 + 1 + 2  # young, kept, human
     again = purge(engine, RetentionSettings(exchange_days=365, raw_text_days=None, pause_s=0))
     assert again.partitions_dropped == [] and again.exchanges_deleted == 0
-    assert _counts(pg)[0] == 31
+    assert _counts(fresh_pg)[0] == 31
     engine.dispose()
 
 
-def test_rows_outside_the_partitions_go_to_default_and_move_out(pg: str) -> None:
-    upgrade(pg)
-    engine = make_engine(pg)
+def test_rows_outside_the_partitions_go_to_default_and_move_out(fresh_pg: str) -> None:
+    upgrade(fresh_pg)
+    engine = make_engine(fresh_pg)
     later = utcnow() + timedelta(days=20)
     insert_exchanges(engine, [row("future", later)])
     with engine.connect() as conn:
@@ -170,47 +154,31 @@ def test_rows_outside_the_partitions_go_to_default_and_move_out(pg: str) -> None
     engine.dispose()
 
 
-def test_store_made_by_create_all_on_postgres_gets_partitioned(pg: str) -> None:
-    engine = make_engine(pg)
+def test_store_made_by_create_all_on_postgres_gets_partitioned(fresh_pg: str) -> None:
+    engine = make_engine(fresh_pg)
     init_db(engine)
     insert_exchanges(engine, [row("old", utcnow() - timedelta(days=3))])
-    upgrade(pg)
-    assert current_revision(pg) == head_revision() and day_partitioned(engine)
-    assert _counts(pg)[0] == 1
+    upgrade(fresh_pg)
+    assert current_revision(fresh_pg) == head_revision() and day_partitioned(engine)
+    assert _counts(fresh_pg)[0] == 1
     engine.dispose()
 
 
-def test_inserts_continue_while_days_are_dropped(pg: str) -> None:
-    upgrade(pg)
-    engine = make_engine(pg)
+def test_inserts_continue_while_days_are_dropped(fresh_pg: str) -> None:
+    upgrade(fresh_pg)
+    engine = make_engine(fresh_pg)
     start = utcnow() - timedelta(days=420)
     with engine.begin() as conn:
         conn.execute(text("SELECT careloop_ensure_day_partitions(:a, :b)"),
                      {"a": start.date(), "b": start.date() + timedelta(days=14)})
     insert_exchanges(engine, [row(f"old{d}-{i}", start + timedelta(days=d, seconds=i))
                               for d in range(15) for i in range(400)])
-    stop = threading.Event()
-    waits: list[float] = []
-
-    def writer() -> None:
-        i = 0
-        while not stop.is_set():
-            t = time.perf_counter()
-            insert_exchanges(engine, [row(f"w{i}-{k}", utcnow()) for k in range(10)])
-            waits.append(time.perf_counter() - t)
-            i += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with inserting(engine, lambda i: [row(f"w{i}-{k}", utcnow()) for k in range(10)]) as waits:
         time.sleep(0.2)
         report = purge(engine, RetentionSettings(exchange_days=365, raw_text_days=None, pause_s=0.01))
         time.sleep(0.2)
-    finally:
-        stop.set()
-        thread.join(30)
     assert len(report.partitions_dropped) == 30
     assert len(waits) >= 5, "the writer got to insert while the purge ran"
     assert max(waits) < 1.0, f"an insert waited {max(waits):.2f} s"
-    assert _counts(pg)[0] == 10 * len(waits)
+    assert _counts(fresh_pg)[0] == 10 * len(waits)
     engine.dispose()
