@@ -4,6 +4,7 @@ exchanges, inserts go on meanwhile, and the downgrade gives plain tables back.""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -181,4 +182,34 @@ def test_inserts_continue_while_days_are_dropped(fresh_pg: str) -> None:
     assert len(waits) >= 5, "the writer got to insert while the purge ran"
     assert max(waits) < 1.0, f"an insert waited {max(waits):.2f} s"
     assert _counts(fresh_pg)[0] == 10 * len(waits)
+    engine.dispose()
+
+
+def test_a_long_reader_holds_up_inserts_only_for_the_lock_timeout(fresh_pg: str) -> None:
+    """A drop queued behind a long reader would hold up every insert behind it: it gives up after its lock
+    timeout, lets the inserts through and tries again once the reader is done."""
+    upgrade(fresh_pg)
+    engine = make_engine(fresh_pg)
+    old = utcnow() - timedelta(days=400)
+    with engine.begin() as conn:
+        conn.execute(text("SELECT careloop_ensure_day_partitions(:d, :d)"), {"d": old.date()})
+    insert_exchanges(engine, [row(f"old{i}", old + timedelta(seconds=i)) for i in range(100)])
+    reading = threading.Event()
+
+    def reader() -> None:
+        with engine.begin() as conn:  # a report reading the whole table for 1.5 s
+            conn.execute(text("SELECT count(*) FROM exchange"))
+            reading.set()
+            time.sleep(1.5)
+
+    slow = threading.Thread(target=reader)
+    with inserting(engine, lambda i: [row(f"w{i}-{k}", utcnow()) for k in range(10)]) as waits:
+        slow.start()
+        assert reading.wait(10)
+        t = time.perf_counter()
+        report = purge(engine, RetentionSettings(exchange_days=365, raw_text_days=None, pause_s=0.05))
+        took = time.perf_counter() - t
+        slow.join(10)
+    assert len(report.partitions_dropped) == 2 and took > 1.0, "the drop waited for the reader"
+    assert max(waits) < 1.0, f"an insert waited {max(waits):.2f} s behind the queued drop"
     engine.dispose()
