@@ -126,35 +126,35 @@ def _labelled_ids(engine: Engine) -> list[str]:
                                  .distinct()).scalars())
 
 
-def drop_expired_days(engine: Engine, before: datetime, keep: list[str], report: PurgeReport,
+def drop_expired_days(engine: Engine, before: datetime, keep_labelled: bool, report: PurgeReport,
                       sleep: Callable[[float], None] = time.sleep, pause_s: float = 0.05) -> None:
-    """Drop the exchange, then the verdict, day partitions that end by `before`, writing back rows of `keep`.
+    """Drop the exchange, then the verdict, day partitions that end by `before`, keeping labelled exchanges.
 
     Rows of a kept exchange (and its verdicts) are copied out before the partition is detached and inserted again
     in the same transaction; with their day no longer covered they go to the default partition. Review samples
     of the dropped exchanges go too.
     """
-    for table in PARTITIONED:
-        for day, part in sorted(day_partitions(engine, table).items()):
-            if datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC) > before:
-                continue
+    expired = [(table, part) for table in PARTITIONED for day, part in sorted(day_partitions(engine, table).items())
+               if datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC) <= before]
+    keep = _labelled_ids(engine) if expired and keep_labelled else []
+    for table, part in expired:
 
-            def act(conn: Any, table: str = table, part: str = part) -> int:
-                conn.execute(text(f"CREATE TEMP TABLE careloop_keep ON COMMIT DROP AS SELECT * FROM {part}"
-                                  f" WHERE {'id' if table == 'exchange' else 'exchange_id'} = ANY(:keep)"),
-                             {"keep": keep})
-                if table == "exchange":
-                    conn.execute(text(f"DELETE FROM review_sample s USING {part} e WHERE e.id = s.exchange_id"
-                                      " AND NOT s.exchange_id = ANY(:keep)"), {"keep": keep})
-                conn.execute(text(f"ALTER TABLE {table} DETACH PARTITION {part}"))
-                moved = conn.execute(text(f"INSERT INTO {table} SELECT * FROM careloop_keep")).rowcount
-                conn.execute(text(f"DROP TABLE {part}"))
-                return int(moved)
+        def act(conn: Any, table: str = table, part: str = part) -> int:
+            conn.execute(text(f"CREATE TEMP TABLE careloop_keep ON COMMIT DROP AS SELECT * FROM {part}"
+                              f" WHERE {'id' if table == 'exchange' else 'exchange_id'} = ANY(:keep)"),
+                         {"keep": keep})
+            if table == "exchange":
+                conn.execute(text(f"DELETE FROM review_sample s USING {part} e WHERE e.id = s.exchange_id"
+                                  " AND NOT s.exchange_id = ANY(:keep)"), {"keep": keep})
+            conn.execute(text(f"ALTER TABLE {table} DETACH PARTITION {part}"))
+            moved = conn.execute(text(f"INSERT INTO {table} SELECT * FROM careloop_keep")).rowcount
+            conn.execute(text(f"DROP TABLE {part}"))
+            return int(moved)
 
-            moved = _locked(engine, act, sleep, pause_s)
-            report.partitions_dropped.append(part)
-            report.labelled_moved += moved if table == "exchange" else 0
-            sleep(pause_s)
+        moved = _locked(engine, act, sleep, pause_s)
+        report.partitions_dropped.append(part)
+        report.labelled_moved += moved if table == "exchange" else 0
+        sleep(pause_s)
 
 
 def _labelled() -> Any:
@@ -191,8 +191,8 @@ def purge(engine: Engine, r: RetentionSettings, now: datetime | None = None,
         report.partitions_created = ensure_partitions(engine, now, sleep=sleep)
     if r.exchange_days is not None:
         if parted:
-            keep = _labelled_ids(engine) if r.keep_labelled else []
-            drop_expired_days(engine, now - timedelta(days=r.exchange_days), keep, report, sleep, r.pause_s)
+            drop_expired_days(engine, now - timedelta(days=r.exchange_days), r.keep_labelled, report, sleep,
+                              r.pause_s)
         pick = select(x_id).where(x_created < now - timedelta(days=r.exchange_days))
         if r.keep_labelled:
             pick = pick.where(x_id.not_in(_labelled()))
