@@ -12,27 +12,41 @@ Stages, each with its own age:
    set; ids, times, target, key name, tokens, status and latency stay for the audits;
 3. audit (`audit_days`, never by default): trigger events, adapter events and finished retrain runs.
 Old rate-limit windows (older than a day) are deleted too.
+
+On PostgreSQL after revision 0006, `exchange` and `verdict` are partitioned by UTC day: each run first creates
+today's and the next days' partitions, then the row stage drops each whole day past `exchange_days` (detach +
+drop, under a short `lock_timeout` retried, so waiting inserts are held up only that long): that day's labelled
+exchanges are copied out first and written back, where they land in the default partition; that day's verdict
+partition goes the same way, keeping the labelled exchanges' verdicts. What remains older (rows in the default
+partition) goes through the batched deletes as on SQLite.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import col
 
-from careloop.core.schema import AdapterEvent, Exchange, RetrainRun, TriggerEvent, Verdict, utcnow
+from careloop.core.schema import AdapterEvent, Exchange, RetrainRun, ReviewSample, TriggerEvent, Verdict, utcnow
 from careloop.core.settings import RetentionSettings
+from careloop.core.store import is_sqlite
 
 log = logging.getLogger("careloop.retention")
 HUMAN = "human"  # the judge name of a person's label (careloop/monitor/review.py)
 FINISHED_RUNS = ("succeeded", "failed", "aborted")
+DAYS_AHEAD = 7  # day partitions created ahead of today on each run
+LOCK_TIMEOUT_MS = 200  # the longest an insert waits behind one partition change
+LOCK_TRIES = 25  # attempts at a partition change that keeps timing out on its lock
+PARTITIONED = ("exchange", "verdict")
 
 
 @dataclass
@@ -44,6 +58,9 @@ class PurgeReport:
     verdicts_deleted: int = 0
     audit_deleted: dict[str, int] = field(default_factory=dict)
     rate_windows_deleted: int = 0
+    partitions_created: int = 0
+    partitions_dropped: list[str] = field(default_factory=list)
+    labelled_moved: int = 0  # labelled exchanges (and their verdicts) written back from dropped days
     batches: int = 0
     seconds: float = 0.0
 
@@ -52,6 +69,92 @@ def purge_windows(engine: Engine, before: int) -> int:
     """Delete the rate windows that started before `before` (epoch seconds)."""
     with engine.begin() as conn:
         return int(conn.execute(text("DELETE FROM rate_window WHERE window_start < :b"), {"b": before}).rowcount)
+
+
+def day_partitioned(engine: Engine) -> bool:
+    """Whether the store's exchange table is partitioned by day (PostgreSQL after revision 0006)."""
+    if is_sqlite(str(engine.url)):
+        return False
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT relkind FROM pg_class WHERE relname = 'exchange'")).scalar() == "p"
+
+
+def _locked(engine: Engine, act: Callable[[Any], int], sleep: Callable[[float], None], pause_s: float) -> int:
+    """Run `act` in a transaction whose locks wait at most LOCK_TIMEOUT_MS, retrying on a timeout."""
+    for attempt in range(LOCK_TRIES):
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'"))
+                return act(conn)
+        except OperationalError as exc:
+            if "lock timeout" not in str(exc) or attempt == LOCK_TRIES - 1:
+                raise
+            sleep(max(pause_s, 0.05))
+    raise AssertionError("unreachable")
+
+
+def ensure_partitions(engine: Engine, now: datetime | None = None, days_ahead: int = DAYS_AHEAD,
+                      sleep: Callable[[float], None] = time.sleep) -> int:
+    """Create the exchange and verdict day partitions from today to `days_ahead` days on; how many were new."""
+    today = (now or utcnow()).astimezone(UTC).date()
+
+    def act(conn: Any) -> int:
+        return int(conn.execute(text("SELECT careloop_ensure_day_partitions(:a, :b)"),
+                                {"a": today, "b": today + timedelta(days=days_ahead)}).scalar_one())
+
+    return _locked(engine, act, sleep, 0.05)
+
+
+def day_partitions(engine: Engine, table: str) -> dict[date, str]:
+    """The day partitions of `table` (exchange or verdict) by their UTC day."""
+    with engine.connect() as conn:
+        names = conn.execute(text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = CAST(:t AS regclass)"), {"t": table}).scalars().all()
+    days = {}
+    for name in names:
+        m = re.fullmatch(rf"{table}_p(\d{{8}})", name)
+        if m:
+            days[datetime.strptime(m.group(1), "%Y%m%d").date()] = name
+    return days
+
+
+def _labelled_ids(engine: Engine) -> list[str]:
+    """Ids of every exchange a person labelled."""
+    with engine.connect() as conn:
+        return list(conn.execute(select(col(Verdict.exchange_id)).where(col(Verdict.judge) == HUMAN)
+                                 .distinct()).scalars())
+
+
+def drop_expired_days(engine: Engine, before: datetime, keep_labelled: bool, report: PurgeReport,
+                      sleep: Callable[[float], None] = time.sleep, pause_s: float = 0.05) -> None:
+    """Drop the exchange, then the verdict, day partitions that end by `before`, keeping labelled exchanges.
+
+    Rows of a kept exchange (and its verdicts) are copied out before the partition is detached and inserted again
+    in the same transaction; with their day no longer covered they go to the default partition. Review samples
+    of the dropped exchanges go too.
+    """
+    expired = [(table, part) for table in PARTITIONED for day, part in sorted(day_partitions(engine, table).items())
+               if datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC) <= before]
+    keep = _labelled_ids(engine) if expired and keep_labelled else []
+    for table, part in expired:
+
+        def act(conn: Any, table: str = table, part: str = part) -> int:
+            conn.execute(text(f"CREATE TEMP TABLE careloop_keep ON COMMIT DROP AS SELECT * FROM {part}"
+                              f" WHERE {'id' if table == 'exchange' else 'exchange_id'} = ANY(:keep)"),
+                         {"keep": keep})
+            if table == "exchange":
+                conn.execute(text(f"DELETE FROM review_sample s USING {part} e WHERE e.id = s.exchange_id"
+                                  " AND NOT s.exchange_id = ANY(:keep)"), {"keep": keep})
+            conn.execute(text(f"ALTER TABLE {table} DETACH PARTITION {part}"))
+            moved = conn.execute(text(f"INSERT INTO {table} SELECT * FROM careloop_keep")).rowcount
+            conn.execute(text(f"DROP TABLE {part}"))
+            return int(moved)
+
+        moved = _locked(engine, act, sleep, pause_s)
+        report.partitions_dropped.append(part)
+        report.labelled_moved += moved if table == "exchange" else 0
+        sleep(pause_s)
 
 
 def _labelled() -> Any:
@@ -83,7 +186,13 @@ def purge(engine: Engine, r: RetentionSettings, now: datetime | None = None,
     report = PurgeReport()
     x_id, x_created = col(Exchange.id), col(Exchange.created_at)
 
+    parted = day_partitioned(engine)
+    if parted:
+        report.partitions_created = ensure_partitions(engine, now, sleep=sleep)
     if r.exchange_days is not None:
+        if parted:
+            drop_expired_days(engine, now - timedelta(days=r.exchange_days), r.keep_labelled, report, sleep,
+                              r.pause_s)
         pick = select(x_id).where(x_created < now - timedelta(days=r.exchange_days))
         if r.keep_labelled:
             pick = pick.where(x_id.not_in(_labelled()))
@@ -91,6 +200,7 @@ def purge(engine: Engine, r: RetentionSettings, now: datetime | None = None,
         def drop(conn: Any, ids: list[Any]) -> int:
             report.verdicts_deleted += conn.execute(delete(Verdict).where(
                 col(Verdict.exchange_id).in_(ids))).rowcount
+            conn.execute(delete(ReviewSample).where(col(ReviewSample.exchange_id).in_(ids)))
             return int(conn.execute(delete(Exchange).where(x_id.in_(ids))).rowcount)
 
         report.exchanges_deleted, n = _batches(engine, pick.order_by(x_created), drop, r.batch_size, r.pause_s,

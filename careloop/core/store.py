@@ -73,7 +73,11 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 
 def insert_exchanges(engine: Engine, rows: Iterable[dict[str, Any]]) -> int:
-    """Insert a batch of exchange rows in one transaction; rows already stored are skipped."""
+    """Insert a batch of exchange rows in one transaction; rows already stored are skipped.
+
+    A row is "already stored" when its id is; on a day-partitioned PostgreSQL store (revision 0006) when its id and
+    `created_at` are, so rows that may be replayed must carry their `created_at` (the gateway's do).
+    """
     batch = list(rows)
     if not batch:
         return 0
@@ -83,7 +87,9 @@ def insert_exchanges(engine: Engine, rows: Iterable[dict[str, Any]]) -> int:
         else:
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            stmt = pg_insert(Exchange).on_conflict_do_nothing(index_elements=["id"])
+            # no conflict target: the key is `id` on a plain table and (id, created_at) on a day-partitioned one
+            # (revision 0006); a replayed row carries its first created_at, so it conflicts either way
+            stmt = pg_insert(Exchange).on_conflict_do_nothing()
         conn.execute(stmt, batch)
     return len(batch)
 

@@ -186,10 +186,12 @@ class MonitorService:
             self._timed("retention", time.perf_counter() - t0, exc)
             return None
         self._timed("retention", time.perf_counter() - t0)
-        if report.text_purged or report.exchanges_deleted or any(report.audit_deleted.values()):
-            log.info("retention: %d texts blanked, %d exchanges and %d verdicts deleted, audit %s (%.1f s)",
-                     report.text_purged, report.exchanges_deleted, report.verdicts_deleted, report.audit_deleted,
-                     report.seconds)
+        if report.text_purged or report.exchanges_deleted or any(report.audit_deleted.values()) \
+                or report.partitions_dropped:
+            log.info("retention: %d texts blanked, %d exchanges and %d verdicts deleted, audit %s, day partitions"
+                     " dropped %s (%d labelled exchanges kept) (%.1f s)", report.text_purged,
+                     report.exchanges_deleted, report.verdicts_deleted, report.audit_deleted,
+                     report.partitions_dropped, report.labelled_moved, report.seconds)
         return report
 
     async def cycle(self) -> dict[str, Any]:

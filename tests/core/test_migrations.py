@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,20 +19,6 @@ from careloop.core.migrations import (
     upgrade,
 )
 from careloop.core.store import init_db, make_engine
-from tests.conftest import PG_ADMIN_URL
-
-
-@pytest.fixture
-def fresh_pg() -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test."""
-    import psycopg
-
-    name = f"careloop_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -3,8 +3,6 @@ exchanges kept, audit records kept unless asked; on SQLite and the real PostgreS
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from careloop.core.retention import purge
 from careloop.core.schema import AdapterEvent, Exchange, RetrainRun, TriggerEvent, Verdict, utcnow
 from careloop.core.settings import RetentionSettings
 from careloop.core.store import insert_exchanges, make_engine, session_scope
+from tests.core.conftest import inserting
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -86,24 +85,8 @@ def test_purge_by_age_keeps_labelled_and_audit(store_url: str) -> None:
 def test_inserts_continue_during_a_purge(store_url: str) -> None:
     engine = make_engine(store_url)
     insert_exchanges(engine, [_row(i, 400) for i in range(3000)])
-    stop = threading.Event()
-    waits: list[float] = []
-
-    def writer() -> None:
-        i = 0
-        while not stop.is_set():
-            t = time.perf_counter()
-            insert_exchanges(engine, [_row(i * 10 + k, 0, "new") for k in range(10)])
-            waits.append(time.perf_counter() - t)
-            i += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with inserting(engine, lambda i: [_row(i * 10 + k, 0, "new") for k in range(10)]) as waits:
         report = purge(engine, RetentionSettings(batch_size=200, pause_s=0.01))
-    finally:
-        stop.set()
-        thread.join(30)
     assert report.exchanges_deleted == 3000 and report.batches >= 15
     assert len(waits) >= 5, "the writer got to insert while the purge ran"
     assert max(waits) < 2.0, f"an insert waited {max(waits):.2f} s"

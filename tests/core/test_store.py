@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -16,10 +18,15 @@ from careloop.core.store import (
     release_lease,
 )
 
+T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+
 
 def _rows(n: int, offset: int = 0) -> list[dict]:
+    # each row carries its creation time, as the gateway's do (a replay from its spool brings the same time back:
+    # on a day-partitioned PostgreSQL store the key is (id, created_at))
     return [
-        {"id": f"ex{i:06d}", "target": "base", "request_messages": [{"role": "user", "content": f"q{i}"}],
+        {"id": f"ex{i:06d}", "created_at": T0 + timedelta(seconds=i), "target": "base",
+         "request_messages": [{"role": "user", "content": f"q{i}"}],
          "request_params": {}, "response_text": f"a{i}", "status": 200, "sampled": i % 10 == 0,
          "judge_state": "pending" if i % 10 == 0 else "none"}
         for i in range(offset, offset + n)

@@ -15,11 +15,14 @@ target_metadata = SQLModel.metadata
 
 def _run(connection: Connection) -> None:
     """Configure the migration context on `connection` and run the pending revisions."""
+    from careloop.core.migrations import diff_filters
+
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=is_sqlite(str(connection.engine.url)),  # SQLite alters tables by copying them
         compare_type=True,
+        **diff_filters(connection),  # day partitions (revision 0006) are not model tables
     )
     with context.begin_transaction():
         context.run_migrations()
