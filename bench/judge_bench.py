@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from experiments.cross_encoder import CrossEncoderConfig
 
 from careloop.core.hardware import native_bf16
 from careloop.core.settings import REPO_ROOT
 from careloop.monitor.datasets import XSTEST_MODELS, LabelledExample, load_medquad, load_medsafetybench, load_xstest
-from careloop.monitor.judges.distilled import (
+from careloop.monitor.judges.distilled_artefacts import LinearHead
+from careloop.monitor.judges.distilled_features import (
     REFUSAL_RE,
     DistilledConfig,
     Featurizer,
@@ -41,13 +43,18 @@ from careloop.monitor.judges.distilled import (
     length_sorted_batches,
     load_prompt_encoder,
     mean_pool,
-    opening_sentences,
-    train_linear_head,
     truncated_encoder,
 )
+from careloop.monitor.judges.distilled_train import TrainingSample, opening_sentences, train_linear_head
 from careloop.monitor.scoring import RESPONSE_CLASSES, cohen_kappa, confusion_matrix, normalize_class
 
 DATA = REPO_ROOT / "data"
+JOINT_TOKENS = 128  # prompt and reply in one segment (the floor's input)
+
+
+def predict(head: LinearHead, x: np.ndarray) -> list[str]:
+    """The most likely class of each feature row."""
+    return [head.classes[i] for i in head.predict_proba(x).argmax(axis=1)]
 
 
 def _gpt4(label: object) -> str:
@@ -76,7 +83,7 @@ def features(items: list[LabelledExample], cfg: DistilledConfig,
     cost: dict[str, float] = {}
     jobs = {"P": (prompts, cfg.prompt_tokens, False), "H": (responses, cfg.head_tokens, False),
             "T": (responses, cfg.tail_tokens, True),
-            "J": ([f"{p} [SEP] {r}" for p, r in zip(prompts, responses, strict=True)], cfg.joint_tokens, False)}
+            "J": ([f"{p} [SEP] {r}" for p, r in zip(prompts, responses, strict=True)], JOINT_TOKENS, False)}
     for key, (texts, n, from_end) in jobs.items():
         t0 = time.perf_counter()
         out[key] = embed_texts(encoder, tok, texts, n, from_end=from_end)
@@ -88,7 +95,8 @@ def features(items: list[LabelledExample], cfg: DistilledConfig,
     return out, cost
 
 
-def base_items(cfg: DistilledConfig) -> tuple[list[LabelledExample], list[LabelledExample]]:
+def base_items(cfg: DistilledConfig, sample: TrainingSample = TrainingSample(),
+               ) -> tuple[list[LabelledExample], list[LabelledExample]]:
     """(XSTest rows, XSTest + the medical reference responses) that every judge benchmark starts from."""
     rng = random.Random(cfg.seed)
     xs = load_xstest(DATA)
@@ -96,7 +104,7 @@ def base_items(cfg: DistilledConfig) -> tuple[list[LabelledExample], list[Labell
     rng.shuffle(msb)
     mq = [e for e in load_medquad(DATA) if e.response]
     rng.shuffle(mq)
-    return xs, xs + msb[: cfg.medsafety_limit] + mq[: cfg.medquad_limit]
+    return xs, xs + msb[: sample.medical] + mq[: sample.medical]
 
 
 def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> None:
@@ -118,7 +126,7 @@ def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
         for m in XSTEST_MODELS:
             tr, te = np.flatnonzero(groups != m), np.flatnonzero(groups == m)
             head = train_linear_head(x[tr], [labels[i] for i in tr], cfg.response_c, cfg.balanced)
-            per_fold[m] = cohen_kappa(truth_by_fold[m], head.predict(x[te]))
+            per_fold[m] = cohen_kappa(truth_by_fold[m], predict(head, x[te]))
         vps: float | None = 1 / sum(cost[p] for p in parts)
         rows[name] = {"folds": per_fold, "mean": float(np.mean(list(per_fold.values()))), "verdicts_per_s": vps}
     for name, fn in (("GPT-4 judge labels (in the data)", lambda e: _gpt4(e.meta.get("gpt4_judge_label"))),
@@ -143,7 +151,7 @@ def distilled_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     medical: dict[str, dict[str, int]] = {}
     for source in ("medsafetybench", "medquad"):
         idx = [i for i, e in enumerate(items) if e.source == source]
-        medical[source] = dict(Counter(head.predict(x[idx])))
+        medical[source] = dict(Counter(predict(head, x[idx])))
         print(f"XSTest-only head on {source} reference responses: {medical[source]}")
     out["medical_labels"] = medical
 
@@ -191,8 +199,8 @@ def shipped_features(cfg: DistilledConfig, encoder: Any, tok: Any, bf16: bool, i
         encoder = encoder.to(torch.bfloat16)
     feat = Featurizer(encoder, tok, cfg)
     print(f"features for {len(items)} items and {len(openings)} opening sentences (bf16={bf16}) ...", flush=True)
-    return (feat.response_features([e.prompt for e in items], [e.response or "" for e in items]),
-            feat.response_features([e.prompt for e in openings], [e.response or "" for e in openings]))
+    return (feat.response_features([e.response or "" for e in items]),
+            feat.response_features([e.response or "" for e in openings]))
 
 
 SPLIT_HEADER = (f"\n{'split (trained on -> held out)':58s} {'option':26s} {'κ per held-out model':>22s} {'mean':>6s}"
@@ -230,7 +238,7 @@ def splits_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> No
     on_xstest = np.isin(groups, XSTEST_MODELS)
 
     def shipped(tr: np.ndarray, otr: np.ndarray, te: np.ndarray) -> list[str]:
-        return fit_head(x, labels, tr, cfg, (xo, o_labels, otr), cfg.opening_weight).predict(x[te])
+        return predict(fit_head(x, labels, tr, cfg, (xo, o_labels, otr), cfg.opening_weight), x[te])
 
     def floor(tr: np.ndarray, otr: np.ndarray, te: np.ndarray) -> list[str]:
         tr = tr[on_xstest[tr]]
@@ -259,7 +267,7 @@ def self_trained(head: Any, fit: Any, x_test: np.ndarray, rounds: int, threshold
         p = head.predict_proba(x_test)
         sure = np.flatnonzero(p.max(axis=1) >= threshold)
         head = fit(x_test[sure], [head.classes[k] for k in p[sure].argmax(axis=1)])
-    return head.predict(x_test)
+    return predict(head, x_test)
 
 
 def prior_adjusted(head: Any, x_test: np.ndarray, train_prior: np.ndarray, iters: int = 50) -> list[str]:
@@ -299,9 +307,9 @@ def adapt_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) -> Non
     def options(tr: np.ndarray, otr: np.ndarray, te: np.ndarray) -> dict[str, list[str]]:
         head = fit_head(x, labels, tr, cfg, (xo, o_labels, otr), cfg.opening_weight)
         prior = np.array([np.mean([labels[i] == c for i in tr]) for c in head.classes])
-        got = {"v3": head.predict(x[te]), "EM prior": prior_adjusted(head, x[te], prior),
-               "centred per source": fit_head(centred, labels, tr, cfg, (o_centred, o_labels, otr),
-                                              cfg.opening_weight).predict(centred[te])}
+        got = {"v3": predict(head, x[te]), "EM prior": prior_adjusted(head, x[te], prior),
+               "centred per source": predict(fit_head(centred, labels, tr, cfg, (o_centred, o_labels, otr),
+                                                      cfg.opening_weight), centred[te])}
         for rounds, threshold in ((1, 0.9), (3, 0.8), (3, 0.9)):
             got[f"self-trained, {rounds} x p ≥ {threshold}"] = self_trained(head, fitter(tr, otr), x[te], rounds,
                                                                             threshold)
@@ -328,11 +336,12 @@ def in_domain_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     """κ on SmolLM2's own labelled replies, holding out whole prompt sources, by in-domain weight.
 
     Weight 0 is the judge without in-domain data (the first session's judge); the string matcher of
-    retrain.heuristic is the baseline beside it. The XSTest leave-one-model-out κ of each weight is printed
+    bench/experiments/heuristic.py is the baseline beside it. The XSTest leave-one-model-out κ of each weight is printed
     too, so a gain at home is not paid for on other models' replies.
     """
+    from experiments.heuristic import classify_response
+
     from careloop.monitor.datasets import load_smollm2
-    from careloop.retrain.heuristic import classify_response
 
     own = load_smollm2(DATA)
     if not own:
@@ -359,7 +368,7 @@ def in_domain_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
             tr = np.flatnonzero(~is_own | (is_own & ~np.isin(groups, sources))) if weight else np.flatnonzero(~is_own)
             w = np.where(is_own[tr], weight, 1.0)
             head = train_linear_head(x[tr], list(labels[tr]), cfg.response_c, cfg.balanced, w)
-            pred = head.predict(x[te])
+            pred = predict(head, x[te])
             folds[fold] = cohen_kappa(list(labels[te]), pred)
             preds.update(zip(te.tolist(), pred, strict=True))
         idx = np.array(sorted(preds))
@@ -370,7 +379,7 @@ def in_domain_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
             te = np.flatnonzero(groups == m)
             head = train_linear_head(x[tr], list(labels[tr]), cfg.response_c, cfg.balanced,
                                      np.where(is_own[tr], weight, 1.0))
-            xs_folds[m] = cohen_kappa(list(labels[te]), head.predict(x[te]))
+            xs_folds[m] = cohen_kappa(list(labels[te]), predict(head, x[te]))
         rows[f"distilled, in-domain weight {weight:g}"] = {
             "folds": folds, "pooled": cohen_kappa(list(labels[idx]), pooled),
             "accuracy": float(np.mean(labels[idx] == np.array(pooled))),
@@ -380,7 +389,7 @@ def in_domain_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     matched = {i: classify_response(items[i].response or "") for i in idx.tolist()}
     pred = [matched[i] for i in idx.tolist()]
     fold_idx = {f: np.flatnonzero(is_own & np.isin(groups, s)).tolist() for f, s in IN_DOMAIN_FOLDS.items()}
-    rows["string match (retrain.heuristic)"] = {
+    rows["string match (experiments.heuristic)"] = {
         "folds": {f: cohen_kappa(list(labels[ix]), [matched[i] for i in ix]) for f, ix in fold_idx.items()},
         "pooled": cohen_kappa(list(labels[idx]), pred), "accuracy": float(np.mean(labels[idx] == np.array(pred))),
         "harmful_not_accept": refused_share(pred, idx), "xstest_lomo": {}, "xstest_mean": None}
@@ -399,12 +408,13 @@ def in_domain_bench(cfg: DistilledConfig, bf16: bool, out: dict[str, object]) ->
     out["in_domain"] = {"rows": rows, "labelled_harmful_not_accept": truth_share, "n": len(own)}
 
 
-def cross_encoder_bench(cfg: DistilledConfig, folds: Sequence[str], out: dict[str, object]) -> None:
+def cross_encoder_bench(cfg: DistilledConfig, xcfg: CrossEncoderConfig, folds: Sequence[str],
+                        out: dict[str, object]) -> None:
     """Leave-one-model-out κ of the cross-encoder as served (int8) and in fp32, beside the logistic head on the
     same fold and the two averaged; training seconds and int8 verdicts/s of each fold."""
     import tempfile
 
-    from careloop.monitor.judges.cross_encoder import load_cross_encoder, train_cross_encoder
+    from experiments.cross_encoder import load_cross_encoder, train_cross_encoder
 
     _, items = base_items(cfg)
     print(f"frozen features for the logistic head ({len(items)} items) ...", flush=True)
@@ -419,7 +429,7 @@ def cross_encoder_bench(cfg: DistilledConfig, folds: Sequence[str], out: dict[st
         truth = [labels[i] for i in te]
         t0 = time.perf_counter()
         model = train_cross_encoder([prompts[i] for i in tr], [responses[i] for i in tr], [labels[i] for i in tr],
-                                    cfg.cross_encoder)
+                                    xcfg)
         train_s = time.perf_counter() - t0
         tp, tr_ = [prompts[i] for i in te], [responses[i] for i in te]
         p32 = model.predict_proba(tp, tr_)
@@ -446,7 +456,7 @@ def cross_encoder_bench(cfg: DistilledConfig, folds: Sequence[str], out: dict[st
     for k in keys:
         vals = [float(rows[m][k]) for m in folds]  # type: ignore[arg-type]
         print(f"{k:24s} " + " ".join(f"{v:16.3f}" for v in vals) + f" {np.mean(vals):6.3f}")
-    out["cross_encoder"] = {"folds": rows, "config": cfg.cross_encoder.__dict__}
+    out["cross_encoder"] = {"folds": rows, "config": xcfg.__dict__}
 
 BUDGET_HEADS = (32, 48, 64, 80, 96, 128)
 BUDGET_LAYERS = (2, 3, 4, 5, 6)
@@ -495,7 +505,7 @@ def lomo_kappa(x: np.ndarray, labels: Sequence[str], groups: np.ndarray, cfg: Di
             xo, o_labels, o_groups = openings
             with_openings = (xo, o_labels, np.flatnonzero(o_groups != m))
         head = fit_head(x, labels, tr, cfg, with_openings, opening_weight)
-        folds[m] = cohen_kappa([labels[i] for i in te], head.predict(x[te]))
+        folds[m] = cohen_kappa([labels[i] for i in te], predict(head, x[te]))
     return folds
 
 
@@ -675,7 +685,9 @@ def _rate_judge(artefact: Path | None, bf16: bool) -> Any:
     import tempfile
 
     from careloop.core.settings import Settings
-    from careloop.monitor.judges.distilled import DistilledJudge, ensure_distilled, load_artefact
+    from careloop.monitor.judges.distilled import DistilledJudge
+    from careloop.monitor.judges.distilled_artefacts import load_artefact
+    from careloop.monitor.judges.distilled_train import ensure_distilled
 
     if artefact is None:
         artefact = ensure_distilled(Settings(home=Path(tempfile.mkdtemp(prefix="judge-rate-"))))
@@ -718,7 +730,7 @@ def main() -> None:
     if args.rate:
         rate_bench(_rate_judge(args.artefact, bf16=not args.fp32), args.rate, args.worker_batch, args.reps, out)
     elif args.cross_encoder is not None:
-        cross_encoder_bench(DistilledConfig(), args.cross_encoder or XSTEST_MODELS, out)
+        cross_encoder_bench(DistilledConfig(), CrossEncoderConfig(), args.cross_encoder or XSTEST_MODELS, out)
     elif args.budget:
         budget_bench(DistilledConfig(), out, args.opening_weight)
         plot_budget(out["budget"], args.out.with_suffix(".png"))  # type: ignore[arg-type]

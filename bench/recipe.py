@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from experiments.heuristic import classify_response
+
 from careloop.core.settings import RetrainSettings, Settings
 from careloop.retrain.datasets import (
     build_kto_set,
@@ -28,7 +30,6 @@ from careloop.retrain.datasets import (
 )
 from careloop.retrain.generate import chat, generate_sync, load_adapter, unload_adapter
 from careloop.retrain.heldout import eval_sample, never_train
-from careloop.retrain.heuristic import classify_response
 from careloop.retrain.quality import is_degenerate
 
 CACHE = Path("/tmp/recipe-cache")

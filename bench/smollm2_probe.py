@@ -24,14 +24,14 @@ from judge_bench import base_items, embed_by_layer, lomo_kappa
 from careloop.core.hardware import native_bf16
 from careloop.core.settings import Settings
 from careloop.monitor.datasets import XSTEST_MODELS, LabelledExample
-from careloop.monitor.judges.distilled import (
+from careloop.monitor.judges.distilled_features import (
     DistilledConfig,
     embed_texts,
     hand_features,
     load_prompt_encoder,
-    opening_sentences,
     truncated_encoder,
 )
+from careloop.monitor.judges.distilled_train import opening_sentences
 
 PROMPT_TOKENS = 64
 

@@ -84,7 +84,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     from careloop.core.store import make_engine
     from careloop.heldout_eval import generate_all, judge_replies, targets_met
     from careloop.monitor.judges import build_judge
-    from careloop.monitor.judges.distilled import ensure_distilled
+    from careloop.monitor.judges.distilled_train import ensure_distilled
     from careloop.replay import replay, traffic_mix
     from careloop.retrain.heldout import eval_sample
     from careloop.stack import start_stack

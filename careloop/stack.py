@@ -224,7 +224,7 @@ def start_stack(settings: Settings, console: Console, with_monitor: bool = True)
     prepare_model(settings.base_model_dir, console=console)
     upgrade(settings.database_url or "")
     if with_monitor and "distilled" in {settings.monitor.reference_judge, *settings.monitor.judges}:
-        from careloop.monitor.judges.distilled import ensure_distilled
+        from careloop.monitor.judges.distilled_train import ensure_distilled
 
         ensure_distilled(settings)  # trains the judge once on a fresh home (minutes), before the monitor waits
     settings.upstream = f"http://127.0.0.1:{settings.vllm_port}"

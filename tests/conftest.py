@@ -111,7 +111,7 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def distilled_judges_dir() -> Path:
     """A trained distilled judge, trained once per machine (minutes on 2 cores) and cached."""
-    from careloop.monitor.judges.distilled import ensure_distilled
+    from careloop.monitor.judges.distilled_train import ensure_distilled
 
     cache = Settings(home=Path(os.environ.get("CARELOOP_TEST_JUDGE_HOME",
                                               Path("~/.cache/careloop-test/home").expanduser())))

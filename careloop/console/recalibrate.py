@@ -5,7 +5,7 @@ reference only if it wins on the held-out labels without losing more than `MAX_X
 
 Training takes minutes, so the console starts `python -m careloop.console.recalibrate run DIR` as a child
 process; its state and result are files in DIR (under the judges dir). While a recalibration is pending, the
-reference stays pinned to the version that served before it (`monitor.judges.distilled.pinned_version`).
+reference stays pinned to the version that served before it (`monitor.judges.distilled_artefacts.pinned_version`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from typing import Any
 from careloop.core.schema import utcnow
 from careloop.core.settings import Settings
 from careloop.monitor.datasets import LabelledExample
-from careloop.monitor.judges.distilled import REFERENCE_PIN, DistilledConfig, artefact_versions, pinned_version
+from careloop.monitor.judges.distilled_artefacts import REFERENCE_PIN, artefact_versions, pinned_version
+from careloop.monitor.judges.distilled_features import DistilledConfig
+from careloop.monitor.judges.distilled_train import TrainingSample, train_distilled
 
 MAX_XSTEST_LOSS = 0.02
 HELDOUT_SHARE = 0.3
@@ -98,21 +100,22 @@ def _kappa(version: int, settings: Settings, examples: Sequence[LabelledExample]
     import asyncio
 
     from careloop.monitor.audit import audit
-    from careloop.monitor.judges.distilled import ARTEFACT_PREFIX, DistilledJudge, load_artefact
+    from careloop.monitor.judges.distilled import DistilledJudge
+    from careloop.monitor.judges.distilled_artefacts import ARTEFACT_PREFIX, load_artefact
 
     judge = DistilledJudge(load_artefact(settings.judges_dir / f"{ARTEFACT_PREFIX}{version}"))
     return asyncio.run(audit(judge, examples, "recalibration")).kappa
 
 
-def run(settings: Settings, out: Path, cfg: DistilledConfig | None = None, xstest_limit: int | None = None) -> Result:
+def run(settings: Settings, out: Path, cfg: DistilledConfig | None = None, xstest_limit: int | None = None,
+        sample: TrainingSample = TrainingSample()) -> Result:
     """Train on the held-in human labels, audit old and new, write result.json (the child process's work).
 
     `cfg` is the distilled judge's training config (default: the production one); `xstest_limit` audits on a
-    fixed sample of XSTest instead of all of it (tests).
+    fixed sample of XSTest instead of all of it, and `sample` trains on less data (tests).
     """
     from careloop.core.store import make_engine
     from careloop.monitor.datasets import load_named
-    from careloop.monitor.judges.distilled import train_distilled
     from careloop.monitor.review import human_examples
 
     engine = make_engine(settings.database_url or "")
@@ -127,7 +130,7 @@ def run(settings: Settings, out: Path, cfg: DistilledConfig | None = None, xstes
     old = reference_version(settings.judges_dir)
     if old is not None:
         pin(settings.judges_dir, old, "recalibration (keeps the reference while the new version waits)")
-    report = train_distilled(settings, cfg, extra=train)
+    report = train_distilled(settings, cfg, extra=train, sample=sample)
     xstest = load_named("xstest", settings.data_dir)
     if xstest_limit is not None:
         xstest = [e for e in xstest if e.response and e.response_class][:: max(1, len(xstest) // xstest_limit)]

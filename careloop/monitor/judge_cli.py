@@ -46,27 +46,15 @@ def train(
         "--extra", help="Also train on these labelled replies (repeatable): `store` (the human labels from "
                         "`careloop review`) or a JSONL/CSV file as `judge audit --data` reads it. Your own "
                         "model's labelled replies are what lifts κ most.")] = None,
-    response_model: Annotated[str | None, typer.Option(
-        help="segments-lr (default: the logistic head), cross-encoder, or blend (both; 5-8 more minutes of "
-             "training on 2 cores, better where your own model's replies are in training).")] = None,
-    cross_weight: Annotated[float | None, typer.Option(
-        help="blend: the cross-encoder's share of the vote (default 0.25).")] = None,
 ) -> None:
     """Train a new version of the distilled judge (distilled-v<N> under the judges dir)."""
     from careloop.core.settings import load_settings
     from careloop.monitor.datasets import XSTEST_MODELS
-    from careloop.monitor.judges.distilled import RESPONSE_MODELS, DistilledConfig, rich_progress, train_distilled
+    from careloop.monitor.judges.distilled_train import rich_progress, train_distilled
 
     settings = load_settings()
     if heldout is not None and heldout not in XSTEST_MODELS:
         console.print(f"[red]error:[/] --heldout must be one of {', '.join(XSTEST_MODELS)}")
-        raise typer.Exit(2)
-    cfg = DistilledConfig()
-    cfg.response_model = response_model or cfg.response_model
-    cfg.cross_weight = cfg.cross_weight if cross_weight is None else cross_weight
-    if cfg.response_model not in RESPONSE_MODELS or not 0.0 <= cfg.cross_weight <= 1.0:
-        console.print(f"[red]error:[/] --response-model must be one of {', '.join(RESPONSE_MODELS)} and "
-                      "--cross-weight within 0-1")
         raise typer.Exit(2)
     labelled = [e for spec in extra or [] for e in _labelled(spec, settings)]
     if heldout is not None and any(e.source == "xstest" and e.group == heldout for e in labelled):
@@ -78,7 +66,7 @@ def train(
     settings.ensure_dirs()
     update, stop = rich_progress()
     try:
-        report = train_distilled(settings, cfg, heldout_model=heldout, progress=update, extra=labelled)
+        report = train_distilled(settings, heldout_model=heldout, progress=update, extra=labelled)
     finally:
         stop()
     console.print(f"[green]distilled judge v{report.version}[/] at {report.path} ({report.seconds:.0f} s)")

@@ -89,14 +89,9 @@ def evaluate(
         raise typer.Exit(2) from exc
     if limit:
         items = items[:limit]
-    if judge_name == "heuristic":
-        from careloop.retrain.heuristic import HeuristicJudge
+    from careloop.monitor.judges import build_judge
 
-        judge: object = HeuristicJudge()
-    else:
-        from careloop.monitor.judges import build_judge
-
-        judge = build_judge(judge_name or settings.monitor.reference_judge, settings)
+    judge = build_judge(judge_name or settings.monitor.reference_judge, settings)
     mt = max_tokens or settings.retrain.validation_max_tokens
     kw = {"alpha": settings.monitor.alpha, "max_tokens": mt, "api_key": settings.upstream_api_key}
     if adapter:

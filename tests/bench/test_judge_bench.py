@@ -16,11 +16,21 @@ from tests.monitor.fake_openai import FakeOpenAI, chat_reply
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from judge_bench import DATA, base_items, held_out_splits, llm_bench, prior_adjusted, rate_bench, self_trained
+from judge_bench import (
+    DATA,
+    base_items,
+    held_out_splits,
+    llm_bench,
+    predict,
+    prior_adjusted,
+    rate_bench,
+    self_trained,
+)
 
 from careloop.monitor.datasets import XSTEST_MODELS, load_xstest
 from careloop.monitor.judges.base import JudgeResult
-from careloop.monitor.judges.distilled import DistilledConfig, opening_sentences, train_linear_head
+from careloop.monitor.judges.distilled_features import DistilledConfig
+from careloop.monitor.judges.distilled_train import TrainingSample, opening_sentences, train_linear_head
 
 
 def _prompt_number(item_id: str) -> str:
@@ -28,7 +38,7 @@ def _prompt_number(item_id: str) -> str:
 
 
 def test_held_out_splits_keep_models_and_prompts_apart() -> None:
-    _, items = base_items(replace(DistilledConfig(), medsafety_limit=20, medquad_limit=20))
+    _, items = base_items(DistilledConfig(), TrainingSample(medical=20))
     openings = opening_sentences(items)
     splits = held_out_splits(items, openings, prompt_folds=5)
     groups = np.array([e.group for e in items])
@@ -69,7 +79,7 @@ def test_prior_adjusted_follows_a_test_set_skewed_to_one_class() -> None:
     rng = np.random.default_rng(1)
     # Nine in ten test rows are refusals; the borderline rows between the blobs should now lean Refuse.
     test = np.vstack([rng.normal(-1, 1, (20, 2)), rng.normal(1, 1, (180, 2)), np.zeros((10, 2))]).astype(np.float32)
-    plain, adjusted = head.predict(test), prior_adjusted(head, test, np.array([0.5, 0.5]))
+    plain, adjusted = predict(head, test), prior_adjusted(head, test, np.array([0.5, 0.5]))
     assert adjusted.count("Refuse") > plain.count("Refuse")
     assert all(a == "Refuse" for a in adjusted[-10:])
 

@@ -13,19 +13,13 @@ import pytest
 from careloop.core.settings import Settings
 from careloop.monitor.datasets import LabelledExample
 from careloop.monitor.judges import JudgeInput, build_judge
-from careloop.monitor.judges.cross_encoder import CrossEncoderConfig, load_cross_encoder
-from careloop.monitor.judges.distilled import (
-    DistilledConfig,
-    DistilledJudge,
-    ensure_distilled,
-    latest_artefact,
-    load_artefact,
-    train_distilled,
-)
+from careloop.monitor.judges.distilled import DistilledJudge
+from careloop.monitor.judges.distilled_artefacts import artefact_versions, latest_artefact, load_artefact
+from careloop.monitor.judges.distilled_features import DistilledConfig
+from careloop.monitor.judges.distilled_train import TrainingSample, ensure_distilled, train_distilled
 
-TINY = DistilledConfig(head_tokens=64, joint_tokens=64, tail_tokens=32, xstest_limit=60, medsafety_limit=20,
-                       medquad_limit=20, harm_limit=120, heldout_limit=120,
-                       cross_encoder=CrossEncoderConfig(head_tokens=64, tail_tokens=24, epochs=2))
+TINY = DistilledConfig(head_tokens=64, tail_tokens=32)
+TINY_SAMPLE = TrainingSample(xstest=60, medical=20, harm=120, heldout=120)
 
 
 BOMB_AND_FLU = [
@@ -44,7 +38,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     settings.ensure_dirs()
     phases: set[str] = set()
     report = train_distilled(settings, TINY, heldout_model="mistralinstruct",
-                             progress=lambda phase, done, total: phases.add(phase))
+                             progress=lambda phase, done, total: phases.add(phase), sample=TINY_SAMPLE)
     assert report.version == 1
     assert {"embedding responses", "harm head", "held-out mistralinstruct"} <= phases
     yield settings
@@ -59,7 +53,7 @@ def test_artefact_manifest_and_size(trained: Settings) -> None:
     assert sum(v for k, v in manifest["counts"]["response"].items() if k.startswith("xstest")) == 120
     assert manifest["heldout"]["xstest_model"] == "mistralinstruct" and manifest["heldout"]["n"] == 120
     assert -1.0 <= manifest["heldout"]["kappa"] <= 1.0
-    assert manifest["config"]["head_tokens"] == 64 and manifest["config"]["response_model"] == "segments-lr"
+    assert manifest["config"]["head_tokens"] == 64 and manifest["sample"]["xstest"] == 60
     assert manifest["config"]["response_layers"] == 4 and manifest["counts"]["opening_sentences"] > 40
     assert (path / "harmful_head.json").is_file() and set(manifest["counts"]["harmful"]) == {"0", "1"}
     assert manifest["heldout"]["kappa"] > 0.3  # even a 120-example slice beats chance on an unseen model
@@ -114,18 +108,18 @@ def as_older_format(src: Path, dst: Path, fmt: str, missing: tuple[str, ...]) ->
     manifest = json.loads((dst / "manifest.json").read_text())
     manifest["format"] = fmt
     for key in missing:
-        manifest["config"].pop(key)
+        manifest["config"].pop(key, None)
     (dst / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_first_format_artefact_still_loads(trained: Settings, tmp_path: Path) -> None:
-    """A logistic-head artefact written before the cross-encoder existed is used, not retrained."""
+    """A logistic-head artefact of the first format is used, not retrained."""
 
     src = latest_artefact(trained.judges_dir)
     assert src is not None
     home = Settings(home=tmp_path / "home")
     dst = home.judges_dir / "distilled-v3"
-    as_older_format(src, dst, "minilm-segments-lr/1", ("response_model", "cross_encoder", "cross_weight"))
+    as_older_format(src, dst, "minilm-segments-lr/1", ())
     assert ensure_distilled(home, show_progress=False) == dst
     old = DistilledJudge(load_artefact(dst)).grade_sync(BOMB_AND_FLU)
     new = DistilledJudge(load_artefact(src)).grade_sync(BOMB_AND_FLU)
@@ -151,7 +145,7 @@ def test_second_format_artefact_keeps_its_depth(trained: Settings, tmp_path: Pat
 
 def test_opening_sentences_keep_the_label_and_skip_caution() -> None:
     from careloop.monitor.datasets import LabelledExample
-    from careloop.monitor.judges.distilled import opening_sentences
+    from careloop.monitor.judges.distilled_train import opening_sentences
 
     def ex(i: str, response: str, cls: str) -> LabelledExample:
         return LabelledExample(i, [{"role": "user", "content": "q"}], response, cls, None, "xstest", "gpt4")
@@ -170,7 +164,7 @@ def test_opening_sentences_keep_the_label_and_skip_caution() -> None:
 def test_truncated_encoder_stops_early_and_shares_weights() -> None:
     import torch
 
-    from careloop.monitor.judges.distilled import load_prompt_encoder, truncated_encoder
+    from careloop.monitor.judges.distilled_features import load_prompt_encoder, truncated_encoder
 
     encoder, tok = load_prompt_encoder()
     short = truncated_encoder(encoder, 3)
@@ -186,7 +180,7 @@ def test_truncated_encoder_stops_early_and_shares_weights() -> None:
 
 
 def test_embeddings_do_not_depend_on_the_encoder_batch() -> None:
-    from careloop.monitor.judges.distilled import embed_texts, load_prompt_encoder
+    from careloop.monitor.judges.distilled_features import embed_texts, load_prompt_encoder
 
     encoder, tok = load_prompt_encoder()
     texts = ["No.", "I cannot help with that request.", "", "Drink water, rest, and see a doctor if the fever "
@@ -209,55 +203,26 @@ def test_fp32_and_bf16_agree(trained: Settings) -> None:
         assert x.extra["class_probs"]["Accept"] == pytest.approx(y.extra["class_probs"]["Accept"], abs=0.05)
 
 
-@pytest.fixture(scope="session")
-def blended(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """A judge whose response head blends a fine-tuned cross-encoder with the logistic head (tiny slice)."""
-    settings = Settings(home=tmp_path_factory.mktemp("blend-home"))
-    phases: set[str] = set()
-    train_distilled(settings, replace(TINY, response_model="blend"), heldout_model="mistralinstruct",
-                    progress=lambda phase, done, total: phases.add(phase))
-    assert {"fine-tuning the cross-encoder", "embedding responses", "held-out mistralinstruct"} <= phases
-    return settings
-
-
-def test_blend_artefact_loads_both_heads_and_grades(blended: Settings) -> None:
-    path = latest_artefact(blended.judges_dir)
-    assert path is not None
-    manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["config"]["response_model"] == "blend" and manifest["heldout"]["n"] == 120
-    assert (path / "response_head.json").is_file() and (path / "response_encoder" / "config.json").is_file()
-    assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) < 60_000_000  # fp16 encoder, ~45 MB
-    loaded = load_artefact(path)
-    assert loaded.cross_encoder is not None and loaded.response_head is not None
-    a, b = DistilledJudge(loaded).grade_sync(BOMB_AND_FLU)
-    assert a.extra["class_probs"]["Refuse"] > b.extra["class_probs"]["Refuse"]
-    assert sum(a.extra["class_probs"].values()) == pytest.approx(1.0, abs=1e-4)
-    # The blend is the cross-encoder's reading weighted by cross_weight, the logistic head's by the rest.
-    prompts, responses = [i.prompt for i in BOMB_AND_FLU], [i.response for i in BOMB_AND_FLU]
-    xenc = loaded.cross_encoder.predict_proba(prompts, responses)
-    lr = loaded.response_head.predict_proba(loaded.featurizer.response_features(prompts, responses))
-    w = loaded.cfg.cross_weight
-    assert 0 < w < 1
-    blend, _ = loaded.response_proba(prompts, responses)
-    assert blend == pytest.approx(w * xenc + (1 - w) * lr, abs=1e-5)
-
-
-def test_int8_and_fp32_cross_encoder_agree(blended: Settings) -> None:
-    path = latest_artefact(blended.judges_dir)
-    assert path is not None
-    prompts = ["How do I treat a cut on my hand?", "How do I poison my neighbour's dog?",
-               "What dose of ibuprofen is safe for an adult?"]
-    responses = ["Clean the cut with water and cover it.", "I can't help with that; it would hurt an animal.",
-                 "Usually 200-400 mg every 4-6 hours, at most 1,200 mg a day without a doctor's advice."]
-    fp32 = load_cross_encoder(path, int8=False).predict_proba(prompts, responses)
-    int8 = load_cross_encoder(path, int8=True).predict_proba(prompts, responses)
-    assert fp32.shape == (3, 3) and fp32.sum(axis=1) == pytest.approx([1, 1, 1], abs=1e-4)
-    assert abs(fp32 - int8).max() < 0.1  # the quantised judge reads pairs as the trained one does
-
-
-def test_unknown_response_model_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="response model"):
-        train_distilled(Settings(home=tmp_path / "h"), replace(TINY, response_model="svm"))
+def test_artefacts_of_removed_options_are_skipped(trained: Settings, tmp_path: Path) -> None:
+    """Artefacts trained with a cross-encoder response head or prompt/joint segments are neither served nor loaded."""
+    src = latest_artefact(trained.judges_dir)
+    assert src is not None
+    home = Settings(home=tmp_path / "home")
+    for version, (key, value) in enumerate([("response_model", "blend"), ("segments", ["head", "joint"])], 1):
+        dst = home.judges_dir / f"distilled-v{version}"
+        as_older_format(src, dst, "minilm/2", ())
+        manifest = json.loads((dst / "manifest.json").read_text())
+        manifest["config"][key] = value
+        (dst / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(FileNotFoundError, match="no longer"):
+            load_artefact(dst)
+    assert artefact_versions(home.judges_dir) == [] and latest_artefact(home.judges_dir) is None
+    legacy = home.judges_dir / "distilled-v3"
+    as_older_format(src, legacy, "minilm/2", ())
+    manifest = json.loads((legacy / "manifest.json").read_text())
+    manifest["config"]["response_model"] = "segments-lr"
+    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    assert artefact_versions(home.judges_dir) == [3]  # the logistic head of the same format still serves
 
 
 @pytest.mark.slow
@@ -290,22 +255,17 @@ def test_audit_cli(trained: Settings, tmp_path: Path, monkeypatch: pytest.Monkey
     assert missing.exit_code == 2
 
 
-def test_smollm2_replies_join_training_only_with_a_weight() -> None:
+def test_smollm2_replies_stay_out_of_training_and_openings_weigh_less() -> None:
     from careloop.core.settings import REPO_ROOT
-    from careloop.monitor.judges.distilled import DistilledConfig, response_weights, training_sets
+    from careloop.monitor.judges.distilled_train import response_weights, training_sets
 
-    data = REPO_ROOT / "data"
-    shipped, _ = training_sets(data, DistilledConfig())
-    assert not [e for e in shipped if e.source == "smollm2"]  # an audit set by default
-    cfg = DistilledConfig(in_domain_weight=3.0)
-    weighted, _ = training_sets(data, cfg)
-    w = response_weights(weighted, cfg)
-    own = [i for i, e in enumerate(weighted) if e.source == "smollm2" and "opening_of" not in e.meta]
-    openings = [i for i, e in enumerate(weighted) if "opening_of" in e.meta]
-    own_openings = [i for i in openings if weighted[i].source == "smollm2"]
-    assert len(own) == 320 and set(w[own]) == {3.0} and own_openings
-    assert set(w[own_openings]) == {3.0 * cfg.opening_weight}  # an opening counts less than a whole reply
-    assert set(w[[i for i in openings if i not in set(own_openings)]]) == {cfg.opening_weight}
+    cfg = DistilledConfig()
+    shipped, _ = training_sets(REPO_ROOT / "data", cfg)
+    assert not [e for e in shipped if e.source == "smollm2"]  # an audit set, not training data
+    w = response_weights(shipped, cfg)
+    openings = [i for i, e in enumerate(shipped) if "opening_of" in e.meta]
+    assert openings and set(w[openings]) == {cfg.opening_weight}  # an opening counts less than a whole reply
+    assert set(w[[i for i, e in enumerate(shipped) if "opening_of" not in e.meta]]) == {1.0}
 
 
 def _own_replies() -> list[LabelledExample]:
@@ -324,11 +284,11 @@ def _own_replies() -> list[LabelledExample]:
 
 def test_extra_labelled_replies_join_training() -> None:
     from careloop.core.settings import REPO_ROOT
-    from careloop.monitor.judges.distilled import training_sets
+    from careloop.monitor.judges.distilled_train import training_sets
 
-    cfg = replace(TINY, harm_limit=None)
-    base_resp, base_harm = training_sets(REPO_ROOT / "data", cfg)
-    resp, harm = training_sets(REPO_ROOT / "data", cfg, extra=_own_replies())
+    sample = replace(TINY_SAMPLE, harm=None)
+    base_resp, base_harm = training_sets(REPO_ROOT / "data", TINY, sample=sample)
+    resp, harm = training_sets(REPO_ROOT / "data", TINY, extra=_own_replies(), sample=sample)
     added = [e for e in resp if e.source == "mine"]
     assert sorted(e.id for e in added) == ["mine-0", "mine-0:opening", "mine-1"]  # with the refusal's opening
     assert len(resp) == len(base_resp) + 3
@@ -338,7 +298,7 @@ def test_extra_labelled_replies_join_training() -> None:
 
 def test_train_with_extra_replies_records_them(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
-    report = train_distilled(settings, TINY, extra=_own_replies())
+    report = train_distilled(settings, TINY, extra=_own_replies(), sample=TINY_SAMPLE)
     assert report.counts["response"]["mine:Refuse"] == 1 and report.counts["response"]["mine:Accept"] == 1
     assert report.counts["harm"]["mine:1"] == 1
 
@@ -355,9 +315,6 @@ def test_train_cli_refuses_bad_extra_sets(tmp_path: Path, monkeypatch: pytest.Mo
     unlabelled.write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n")
     empty = CliRunner().invoke(app, ["judge", "train", "--extra", str(unlabelled)])
     assert empty.exit_code == 2 and "no labelled replies" in empty.output
-    for bad in (["--response-model", "svm"], ["--response-model", "blend", "--cross-weight", "1.5"]):
-        refused = CliRunner().invoke(app, ["judge", "train", *bad])
-        assert refused.exit_code == 2 and "--response-model must be one of" in refused.output
     leak = CliRunner().invoke(app, ["judge", "train", "--heldout", "gpt4", "--extra", "xstest:gpt4"])
     assert leak.exit_code == 2 and "held-out model gpt4" in leak.output
     assert not (tmp_path / "home" / "judges").exists() or not list((tmp_path / "home" / "judges").glob("distilled-v*"))

@@ -36,5 +36,5 @@ def test_adapters_promote_list_and_rollback(env: Settings) -> None:
 
 
 def test_eval_rejects_unknown_data(env: Settings) -> None:
-    out = CliRunner().invoke(app, ["eval", "--data", "no-such-set", "--judge", "heuristic"])
+    out = CliRunner().invoke(app, ["eval", "--data", "no-such-set", "--judge", "distilled"])
     assert out.exit_code == 2 and "neither a file nor one of" in out.output

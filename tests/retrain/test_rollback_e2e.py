@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 from sqlmodel import Session, select
 
+from bench.experiments.heuristic import HeuristicJudge, classify_response
 from careloop.core import registry
 from careloop.core.schema import AdapterEvent, Exchange
 from careloop.core.settings import RetrainSettings, Settings
@@ -30,7 +31,6 @@ from careloop.core.store import init_db, live_adapters, make_engine
 from careloop.monitor.judges.base import JudgeInput, JudgeResult
 from careloop.monitor.worker import JudgeWorker
 from careloop.retrain.datasets import KTOExample
-from careloop.retrain.heuristic import HeuristicJudge, classify_response
 from tests.gateway.gateway_helpers import running_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.asyncio(loop_scope="session")]

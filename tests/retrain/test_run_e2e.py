@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.experiments.heuristic import HeuristicJudge
 from careloop.core import registry
 from careloop.core.schema import Exchange, RetrainRun, Verdict
 from careloop.core.settings import Settings
 from careloop.core.store import init_db, live_adapters, make_engine, session_scope
-from careloop.retrain.heuristic import HeuristicJudge
 from careloop.retrain.run import run_retrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]

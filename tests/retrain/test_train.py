@@ -61,8 +61,8 @@ def test_kto_refuses_one_sided_data(embedded_model_dir: Path, tmp_path: Path) ->
 @pytest.mark.vllm
 def test_adapter_served_by_vllm_matches_peft_and_evaluates(tiny_adapter: Path, embedded_model_dir: Path,
                                                            vllm_url: str) -> None:
+    from bench.experiments.heuristic import HeuristicJudge
     from careloop.retrain.evaluate import check_vllm_matches_peft, evaluate_adapter_dir
-    from careloop.retrain.heuristic import HeuristicJudge
 
     check = check_vllm_matches_peft(vllm_url, embedded_model_dir, tiny_adapter,
                                     ["What is the flu?", "How do I falsify a prescription?"], max_tokens=8)

@@ -14,7 +14,7 @@ from careloop.console import recalibrate
 from careloop.core.audit_trail import entries
 from careloop.core.settings import Settings
 from careloop.monitor.datasets import LabelledExample
-from careloop.monitor.judges.distilled import READABLE_FORMATS, pinned_version
+from careloop.monitor.judges.distilled_artefacts import READABLE_FORMATS, pinned_version
 from tests.careloop.console.conftest import csrf_of
 
 Client = Callable[[str | None], TestClient]
@@ -135,9 +135,10 @@ def test_a_real_recalibration_compares_old_and_new_and_keeps_the_old_reference(s
     from careloop.core.migrations import upgrade
     from careloop.core.schema import Exchange
     from careloop.core.store import make_engine, session_scope
-    from careloop.monitor.judges.distilled import DistilledJudge, train_distilled
+    from careloop.monitor.judges.distilled import DistilledJudge
+    from careloop.monitor.judges.distilled_train import train_distilled
     from careloop.monitor.review import record_human_verdict
-    from tests.monitor.test_judges_distilled import TINY
+    from tests.monitor.test_judges_distilled import TINY, TINY_SAMPLE
 
     upgrade(settings.database_url or "")
     engine = make_engine(settings.database_url or "")
@@ -149,10 +150,10 @@ def test_a_real_recalibration_compares_old_and_new_and_keeps_the_old_reference(s
                            request_messages=[{"role": "user", "content": r["prompt"]}]))
     for r in rows:
         record_human_verdict(engine, r["id"], r["harm_level"], r["response_class"], "labelled.jsonl")
-    assert train_distilled(settings, TINY).version == 1  # the reference before
+    assert train_distilled(settings, TINY, sample=TINY_SAMPLE).version == 1  # the reference before
     out = recalibrate.recalibration_dir(settings) / "t"
     out.mkdir(parents=True)
-    result = recalibrate.run(settings, out, TINY, xstest_limit=150)
+    result = recalibrate.run(settings, out, TINY, xstest_limit=150, sample=TINY_SAMPLE)
     assert (result.old_version, result.new_version) == (1, 2)
     assert result.n_train + result.n_heldout == len(rows) and result.n_heldout >= recalibrate.MIN_HELDOUT
     for k in (result.human_old, result.human_new, result.xstest_old, result.xstest_new):

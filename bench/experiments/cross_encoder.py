@@ -1,4 +1,7 @@
-"""The distilled judge's response head as a cross-encoder: MiniLM fine-tuned to read prompt and response together.
+"""An experimental response head for the distilled judge: MiniLM fine-tuned to read prompt and response together.
+
+Measured below the shipped logistic head on held-out source models (careloop/monitor/judges/README.md), so
+careloop does not run it; `bench/judge_bench.py --cross-encoder` does.
 
 The input is `[CLS] prompt [SEP] response opening … response ending [SEP]` (the prompt as segment 0, the
 response as segment 1); the mean-pooled last layer and the standardised hand cues of the response feed a
@@ -18,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from careloop.monitor.judges.distilled_features import base_encoder_dir, hand_features, quiet_transformers
 from careloop.monitor.scoring import RESPONSE_CLASSES
 
 ENCODER_DIR = "response_encoder"
@@ -97,8 +101,6 @@ class CrossEncoder:
         """Probabilities over `classes` for each pair."""
         import torch
 
-        from careloop.monitor.judges.distilled import hand_features
-
         pairs = encode_pairs(self.tokenizer, prompts, responses, self.cfg)
         cues = np.asarray([hand_features(r) for r in responses], dtype=np.float32).reshape(len(pairs), -1)
         out = np.zeros((len(pairs), len(self.classes)), dtype=np.float32)
@@ -167,10 +169,8 @@ def train_cross_encoder(prompts: Sequence[str], responses: Sequence[str], labels
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from careloop.monitor.judges.distilled import _quiet_transformers, base_encoder_dir, hand_features
-
     cfg = cfg or CrossEncoderConfig()
-    _quiet_transformers()
+    quiet_transformers()
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base_encoder_dir()))
     encoder = AutoModel.from_pretrained(str(base_encoder_dir()), add_pooling_layer=False, dtype=torch.float32)

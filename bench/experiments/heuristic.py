@@ -1,6 +1,6 @@
-"""A string-match response classifier: the fallback grader for recipe experiments and cheap checks.
+"""A string-match response classifier: the grader of recipe experiments and of tests that need no trained judge.
 
-Decisions use the reference judge; this exists so recipe experiments can run without one.
+careloop's decisions use the reference judge; this is a baseline beside it in the benchmarks.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ def classify_response(text: str, head_chars: int = 160) -> str:
     if _CAUTION.search(text):
         return "Caution"
     return "Accept"
-
 
 
 class HeuristicJudge:
