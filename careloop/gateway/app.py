@@ -27,11 +27,12 @@ from careloop.gateway.errors import GatewayError, not_found, send_error
 from careloop.gateway.failover import Breakers
 from careloop.gateway.keys import KeyRing, keys_required, startup_message
 from careloop.gateway.metrics import GatewayMetrics
-from careloop.gateway.proxy import Upstreams, chat_completions
+from careloop.gateway.proxy import chat_completions
 from careloop.gateway.ratelimit import RateLimiter
 from careloop.gateway.routing import Routes
 from careloop.gateway.sampling import Sampler
 from careloop.gateway.traffic_log import TrafficLog
+from careloop.gateway.upstreams import Upstreams
 from careloop.gateway.vllm_admin import RegistryView, read_registry, reconcile
 
 log = logging.getLogger("careloop.gateway")

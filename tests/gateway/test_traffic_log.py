@@ -16,7 +16,9 @@ from sqlmodel import Session, select
 from careloop.core.schema import Exchange
 from careloop.core.store import init_db, make_engine
 from careloop.gateway.metrics import GatewayMetrics
-from careloop.gateway.traffic_log import Record, TrafficLog, build_row, parse_stream
+from careloop.gateway.record import Record
+from careloop.gateway.rows import build_row, parse_stream
+from careloop.gateway.traffic_log import TrafficLog
 from tests.conftest import free_port
 from tests.gateway.procs import Forwarder
 
@@ -210,7 +212,7 @@ async def test_replay_moves_past_a_bad_spool_file(tmp_path: Path) -> None:
     (spool / "exchanges-2-1.jsonl").mkdir()  # unreadable as a file
     log = TrafficLog(engine, spool, GatewayMetrics(), batch_size=10, flush_interval_s=0.05,
                      quarantine_dir=tmp_path / "quarantine")
-    log._spool([build_row(record(i)) for i in range(5)])  # a good file after the bad ones
+    log.writer.spool([build_row(record(i)) for i in range(5)])  # a good file after the bad ones
     log.start()
     log.submit(record(99))
     await wait_for(lambda: count(engine) == 6)
