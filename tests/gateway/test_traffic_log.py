@@ -101,7 +101,7 @@ async def test_store_down_spools_then_replays_sqlite(tmp_path: Path) -> None:
     spooled = b"".join(p.read_bytes() for p in spool.glob("*.jsonl"))
     assert b"123-45-6789" not in spooled and b"[SSN]" in spooled  # the spool holds redacted rows only
 
-    log.engine = up  # the store is reachable again
+    log.writer.engine = up  # the store is reachable again
     for i in range(50, 60):
         log.submit(record(i))
     await wait_for(lambda: count(up) == 60)
