@@ -7,7 +7,6 @@ are reconciled into vLLM before the response returns, so the very next request r
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import Any
 
 import orjson
@@ -15,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from careloop.core import audit_trail, registry
+from careloop.core.admin_auth import admin_refusal
 from careloop.core.schema import Adapter, RetrainRun, TriggerEvent
 from careloop.core.store import live_adapters
 from careloop.gateway import keys_admin
@@ -35,13 +35,9 @@ def adapter_dict(a: Adapter) -> dict[str, Any]:
 
 
 def _authorize(gw: GatewayState, scope: Scope) -> None:
-    token = gw.settings.admin_token
-    if not token:
-        raise not_found("the admin API is disabled: set CARELOOP_ADMIN_TOKEN to enable it", "admin_disabled")
-    given = header(scope, b"authorization") or ""
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        raise GatewayError(401, "missing or wrong admin bearer token", "authentication_error", "unauthorized")
+    refusal = admin_refusal(header(scope, b"authorization"), gw.settings.admin_token)
+    if refusal is not None:
+        raise GatewayError(*refusal)
 
 
 async def _json_body(gw: GatewayState, receive: Receive) -> dict[str, Any]:
