@@ -92,30 +92,13 @@ class TrafficLog:
         """Exchanges waiting in memory."""
         return len(self._queue)
 
-    @property
-    def store_ok(self) -> bool:
-        """Whether the last write reached the store."""
-        return self.writer.store_ok
-
-    @property
-    def written(self) -> int:
-        """Exchanges this process wrote to the store (spool replays included)."""
-        return self.writer.written
-
-    @property
-    def spooled(self) -> int:
-        """Exchanges this process spooled while the store was down."""
-        return self.writer.spooled
-
-    @property
-    def spool_pending(self) -> int:
-        """Exchanges in spool files not yet replayed."""
-        return self.writer.spool_pending
-
-    @property
-    def quarantined(self) -> int:
-        """Rows this process put in the quarantine."""
-        return self.quarantine.rows
+    def status(self) -> dict[str, Any]:
+        """What `/admin/status` reports about the log: queue, store, spool, quarantine and WAL."""
+        w = self.writer
+        return {"queue_depth": self.depth, "written": w.written, "dropped": self.dropped, "spooled": w.spooled,
+                "spool_pending": w.spool_pending, "store_ok": w.store_ok, "quarantined": self.quarantine.rows,
+                "quarantined_on_disk": self.quarantine.count_rows(), "recovered_from_wal": self.recovered,
+                "wal_pending": self.wal.pending if self.wal else 0}
 
     # Lifecycle.
     def start(self) -> None:
