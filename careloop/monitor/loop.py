@@ -8,13 +8,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from careloop.core.settings import Settings
-from careloop.core.store import make_engine
+from careloop.core.store import acquire_lease, make_engine
 from careloop.gateway import telemetry
 from careloop.monitor.judges.base import Judge
 from careloop.monitor.launcher import Launcher, RetrainSupervisor
@@ -24,6 +24,11 @@ from careloop.monitor.windows import WindowSet
 from careloop.monitor.worker import CycleReport, JudgeWorker, new_worker_id, queue_depth
 
 log = logging.getLogger("careloop.monitor")
+T = TypeVar("T")
+
+
+class _NotThisReplica(Exception):
+    """Another replica holds the job's lease: nothing to do, and not counted as a run."""
 
 
 def build_judges(settings: Settings) -> dict[str, Judge]:
@@ -127,70 +132,61 @@ class MonitorService:
         self._timed("judge", time.perf_counter() - t0)
         return total
 
-    def refresh_job(self) -> int:
-        """Follow new verdicts into the windows and update the queue gauge."""
+    def _job(self, name: str, what: str, run: Callable[[], T], fallback: T) -> T:
+        """Run one scheduled job, timed; a failure is logged and counted in its stats, and gives `fallback`."""
         t0 = time.perf_counter()
         try:
-            added = self.windows.refresh()
-            self.queue = queue_depth(self.engine)
-            self.metrics.queue_depth.set(self.queue)
-            if time.monotonic() - self._human_at >= self.human_kappa_every_s:
-                self.metrics.human_kappa = human_kappas(self.engine, self.judges)
-                self._human_at = time.monotonic()
+            result = run()
+        except _NotThisReplica:
+            return fallback
         except Exception as exc:
-            log.exception("windows refresh failed")
-            self._timed("windows", time.perf_counter() - t0, exc)
-            return 0
-        self._timed("windows", time.perf_counter() - t0)
+            log.exception("%s failed", what)
+            self._timed(name, time.perf_counter() - t0, exc)
+            return fallback
+        self._timed(name, time.perf_counter() - t0)
+        return result
+
+    def refresh_job(self) -> int:
+        """Follow new verdicts into the windows and update the queue gauge."""
+        return self._job("windows", "windows refresh", self._refresh, 0)
+
+    def _refresh(self) -> int:
+        added = self.windows.refresh()
+        self.queue = queue_depth(self.engine)
+        self.metrics.queue_depth.set(self.queue)
+        if time.monotonic() - self._human_at >= self.human_kappa_every_s:
+            self.metrics.human_kappa = human_kappas(self.engine, self.judges)
+            self._human_at = time.monotonic()
         return added
 
     def trigger_job(self) -> list[int]:
         """Evaluate the trigger rules."""
-        t0 = time.perf_counter()
-        try:
-            written = self.triggers.evaluate()
-        except Exception as exc:
-            log.exception("trigger evaluation failed")
-            self._timed("triggers", time.perf_counter() - t0, exc)
-            return []
-        self._timed("triggers", time.perf_counter() - t0)
-        return written
+        return self._job("triggers", "trigger evaluation", self.triggers.evaluate, [])
 
     def launcher_job(self) -> list[str]:
         """Watch retrain runs and start requested ones."""
-        t0 = time.perf_counter()
-        try:
-            notes = self.supervisor.tick()
-        except Exception as exc:
-            log.exception("launcher tick failed")
-            self._timed("launcher", time.perf_counter() - t0, exc)
-            return []
-        self._timed("launcher", time.perf_counter() - t0)
+        notes: list[str] = self._job("launcher", "launcher tick", self.supervisor.tick, [])
         for note in notes:
             log.info("%s", note)
         return notes
 
     def retention_job(self) -> Any:
         """Purge what the retention settings say is too old (one monitor replica at a time: lease "retention")."""
-        from careloop.core.retention import purge
-        from careloop.core.store import acquire_lease
-
-        r = self.settings.retention
-        t0 = time.perf_counter()
-        try:
-            if not acquire_lease(self.engine, "retention", self.holder, max(r.interval_s, 60.0)):
-                return None
-            report = purge(self.engine, r)
-        except Exception as exc:
-            log.exception("retention purge failed")
-            self._timed("retention", time.perf_counter() - t0, exc)
-            return None
-        self._timed("retention", time.perf_counter() - t0)
-        if report.text_purged or report.exchanges_deleted or any(report.audit_deleted.values()):
+        report = self._job("retention", "retention purge", self._purge, None)
+        if report is not None and (report.text_purged or report.exchanges_deleted
+                                   or any(report.audit_deleted.values())):
             log.info("retention: %d texts blanked, %d exchanges and %d verdicts deleted, audit %s (%.1f s)",
                      report.text_purged, report.exchanges_deleted, report.verdicts_deleted, report.audit_deleted,
                      report.seconds)
         return report
+
+    def _purge(self) -> Any:
+        from careloop.core.retention import purge
+
+        r = self.settings.retention
+        if not acquire_lease(self.engine, "retention", self.holder, max(r.interval_s, 60.0)):
+            raise _NotThisReplica
+        return purge(self.engine, r)
 
     async def cycle(self) -> dict[str, Any]:
         """One full round: judge, refresh windows, evaluate triggers, tick the launcher."""
