@@ -103,23 +103,18 @@ async def _relay_stream(ex: Exchange, record: Record, resp: aiohttp.ClientRespon
 
 
 def _whole_events(pending: bytes, chunk: bytes) -> tuple[bytes | None, bytes]:
-    """The complete SSE events of `pending + chunk` without the usage event (None: none complete yet), and the
-    rest."""
+    """The complete SSE events of `pending + chunk` without vLLM's usage-only event (None: no event is complete
+    yet), and the incomplete rest."""
     if pending:
         chunk = pending + chunk
-    if chunk.endswith(b"\n\n"):
-        return _strip_usage_events(chunk), b""
-    cut = chunk.rfind(b"\n\n")
-    if cut < 0:
-        return None, chunk
-    return _strip_usage_events(chunk[:cut + 2]), chunk[cut + 2:]
-
-
-def _strip_usage_events(data: bytes) -> bytes:
-    """Complete SSE events without vLLM's usage-only event (the client did not ask for it)."""
-    if b'"choices":[]' not in data and b'"choices": []' not in data:
-        return data
-    events = data.split(b"\n\n")
-    kept = [e for e in events if not (e.startswith(b"data:") and any(m in e for m in _USAGE_MARKERS)
-                                      and b'"usage"' in e)]
-    return b"\n\n".join(kept)
+    rest = b""
+    if not chunk.endswith(b"\n\n"):  # forward whole events only
+        cut = chunk.rfind(b"\n\n")
+        if cut < 0:
+            return None, chunk
+        chunk, rest = chunk[:cut + 2], chunk[cut + 2:]
+    if b'"choices":[]' not in chunk and b'"choices": []' not in chunk:
+        return chunk, rest
+    kept = [e for e in chunk.split(b"\n\n") if not (e.startswith(b"data:") and any(m in e for m in _USAGE_MARKERS)
+                                                   and b'"usage"' in e)]
+    return b"\n\n".join(kept), rest
