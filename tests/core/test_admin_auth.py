@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from careloop.core.admin_auth import admin_refusal, bearer_ok
 from careloop.core.messages import last_user_message
 
@@ -23,7 +25,7 @@ def test_only_the_exact_bearer_token_passes() -> None:
 
 
 def test_last_user_message() -> None:
-    messages = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
                 {"role": "user", "content": [{"type": "text", "text": "parts"}]}, {"role": "assistant"}]
     assert last_user_message(messages) == str([{"type": "text", "text": "parts"}])
     assert last_user_message(messages[:2]) == "first"
