@@ -29,7 +29,7 @@ from careloop.gateway.telemetry import gateway_span
 
 
 async def chat_completions(gw: GatewayState, scope: Scope, receive: Receive, send: Send) -> None:
-    """Serve one chat completion (streamed or not) and log it."""
+    """Serve one chat completion (streamed or not) and log it: read → route → forward and relay → record."""
     read = await _read(gw, scope, receive, send)
     if read is None:
         return
