@@ -78,7 +78,8 @@ def score(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 def cost(cases: list[dict[str, Any]], rounds: int = 3) -> dict[str, float]:
     """Microseconds of redaction per exchange (uncached), and of the whole `build_row`."""
-    from careloop.gateway.traffic_log import Record, build_row
+    from careloop.gateway.record import Record
+    from careloop.gateway.rows import build_row
 
     body = json.dumps({"choices": [{"index": 0, "message": {"content": REPLY}, "finish_reason": "stop"}],
                        "usage": {"prompt_tokens": 40, "completion_tokens": 60}}).encode()

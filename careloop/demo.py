@@ -306,7 +306,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replay real prompts through the loop until a realignment completes; print and plot before/after."""
         from careloop.core.settings import load_settings
-        from careloop.stack import exit_on_sigterm
+        from careloop.core.sigterm import exit_on_sigterm
 
         exit_on_sigterm()
         console = Console(stderr=True)

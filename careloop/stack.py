@@ -17,6 +17,7 @@ from rich.console import Console
 
 from careloop.core.hardware import native_bf16
 from careloop.core.settings import Settings
+from careloop.core.sigterm import exit_on_sigterm
 
 
 @dataclass
@@ -170,15 +171,6 @@ def check_ports(settings: Settings, with_monitor: bool) -> None:
     taken = [f"{name} port {port} ({env})" for name, host, port, env in wanted if port_in_use(host, port)]
     if taken:
         raise RuntimeError(f"already in use: {', '.join(taken)}; stop the other process or choose other ports")
-
-
-def exit_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit so the stack's children are stopped on the way out."""
-
-    def _exit(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _exit)
 
 
 def spawn(stack: Stack, name: str, cmd: Sequence[str], env: dict[str, str]) -> Child:

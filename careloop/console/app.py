@@ -29,7 +29,6 @@ from careloop.console.auth import (
     COOKIE,
     LoginLimiter,
     Principal,
-    bearer_ok,
     create_session,
     csrf_ok,
     end_session,
@@ -37,6 +36,7 @@ from careloop.console.auth import (
 )
 from careloop.console.users import User, authenticate
 from careloop.core import audit_trail, registry
+from careloop.core.admin_auth import bearer_ok
 from careloop.core.audit_trail import Actor
 from careloop.core.settings import Settings
 from careloop.monitor.review import ReviewError

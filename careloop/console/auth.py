@@ -85,14 +85,6 @@ def csrf_ok(expected: str | None, given: str | None) -> bool:
     return bool(expected) and bool(given) and hmac.compare_digest(str(expected).encode(), str(given).encode())
 
 
-def bearer_ok(header_value: str, admin_token: str | None) -> bool:
-    """Whether an Authorization header carries the admin bearer token."""
-    if not admin_token:
-        return False
-    scheme, _, value = header_value.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), admin_token.encode())
-
-
 class LoginLimiter:
     """Failed sign-ins per key (client address, name) in a sliding window; past the limit, refuse to try."""
 

@@ -7,21 +7,20 @@ are reconciled into vLLM before the response returns, so the very next request r
 from __future__ import annotations
 
 import asyncio
-import hmac
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from careloop.core import audit_trail, registry
+from careloop.core.admin_auth import admin_refusal
 from careloop.core.schema import Adapter, RetrainRun, TriggerEvent
 from careloop.core.store import live_adapters
+from careloop.gateway import keys_admin
 from careloop.gateway.asgi import Receive, Scope, Send, header, read_body, send_bytes
 from careloop.gateway.errors import GatewayError, bad_request, not_found
-
-if TYPE_CHECKING:
-    from careloop.gateway.app import Gateway
+from careloop.gateway.state import GatewayState
 
 ACTIVE_RUN_STATES = ("requested", "pending", "running")
 
@@ -35,17 +34,13 @@ def adapter_dict(a: Adapter) -> dict[str, Any]:
             "promoted_at": a.promoted_at.isoformat() if a.promoted_at else None}
 
 
-def _authorize(gw: Gateway, scope: Scope) -> None:
-    token = gw.settings.admin_token
-    if not token:
-        raise not_found("the admin API is disabled: set CARELOOP_ADMIN_TOKEN to enable it", "admin_disabled")
-    given = header(scope, b"authorization") or ""
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        raise GatewayError(401, "missing or wrong admin bearer token", "authentication_error", "unauthorized")
+def _authorize(gw: GatewayState, scope: Scope) -> None:
+    refusal = admin_refusal(header(scope, b"authorization"), gw.settings.admin_token)
+    if refusal is not None:
+        raise GatewayError(*refusal)
 
 
-async def _json_body(gw: Gateway, receive: Receive) -> dict[str, Any]:
+async def _json_body(gw: GatewayState, receive: Receive) -> dict[str, Any]:
     body = await read_body(receive, gw.settings.gateway.max_body_bytes)
     if body is None:
         raise GatewayError(413, "request body too large", "invalid_request_error", "request_too_large")
@@ -67,7 +62,7 @@ def _str_field(data: dict[str, Any], key: str, default: str = "") -> str:
     return value
 
 
-async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+async def handle(gw: GatewayState, scope: Scope, receive: Receive, send: Send) -> None:
     """Dispatch one admin request."""
     _authorize(gw, scope)
     method, path = scope["method"], scope["path"].rstrip("/")
@@ -102,8 +97,6 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> Non
                 await _audit(engine, "rollback", name, reason)
             await _reply(send, 200, {"rolled_back": name, **await _refresh(gw)})
         elif parts and parts[0] == "keys":  # client keys (issue 23)
-            from careloop.gateway import keys_admin
-
             await keys_admin.handle(gw, method, parts, await _json_body(gw, receive) if method == "POST" else None,
                                     send)
         elif method == "POST" and parts == ["retrain"]:
@@ -128,7 +121,7 @@ async def _audit(engine: Engine, action: str, target: str, reason: str, **detail
     await asyncio.to_thread(audit_trail.record, engine, actor, action, target, reason, details)
 
 
-async def _refresh(gw: Gateway) -> dict[str, Any]:
+async def _refresh(gw: GatewayState) -> dict[str, Any]:
     """Reconcile now so the next request routes by the change; report the routes (or why not yet)."""
     try:
         await gw.refresh_routes()
@@ -169,7 +162,7 @@ def request_retrain(engine: Engine, reason: str, backend: str = "local") -> tupl
         return 202, {"run_id": run.id, "status": run.status, "trigger_event_id": event.id}
 
 
-async def _status(gw: Gateway) -> dict[str, Any]:
+async def _status(gw: GatewayState) -> dict[str, Any]:
     def registry_view() -> dict[str, Any]:
         stable, canary = live_adapters(gw.engine)
         with Session(gw.engine) as session:

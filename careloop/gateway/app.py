@@ -27,11 +27,12 @@ from careloop.gateway.errors import GatewayError, not_found, send_error
 from careloop.gateway.failover import Breakers
 from careloop.gateway.keys import KeyRing, keys_required, startup_message
 from careloop.gateway.metrics import GatewayMetrics
-from careloop.gateway.proxy import Upstreams, chat_completions
+from careloop.gateway.proxy import chat_completions
 from careloop.gateway.ratelimit import RateLimiter
 from careloop.gateway.routing import Routes
 from careloop.gateway.sampling import Sampler
 from careloop.gateway.traffic_log import TrafficLog
+from careloop.gateway.upstreams import Upstreams
 from careloop.gateway.vllm_admin import RegistryView, read_registry, reconcile
 
 log = logging.getLogger("careloop.gateway")
@@ -169,8 +170,9 @@ class Gateway:
         await self.upstreams.close()
         if self.settings.telemetry.otlp_endpoint:
             telemetry.shutdown()  # flush the last spans
-        log.info("gateway stopped: %d exchanges written, %d spooled, %d dropped", self.traffic_log.written,
-                 self.traffic_log.spooled, self.traffic_log.dropped)
+        written, spooled = self.traffic_log.writer.written, self.traffic_log.writer.spooled
+        log.info("gateway stopped: %d exchanges written, %d spooled, %d dropped", written, spooled,
+                 self.traffic_log.dropped)
 
     async def refresh_routes(self) -> Routes:
         """Reconcile vLLM with the registry now and switch to the resulting routes."""
@@ -278,14 +280,7 @@ class Gateway:
             "last_reconcile_error": self.last_reconcile_error,
             "sample_rate": self.settings.sample_rate,
             "canary_sample_rate": self.settings.canary_sample_rate,
-            "traffic_log": {"queue_depth": self.traffic_log.depth, "written": self.traffic_log.written,
-                            "dropped": self.traffic_log.dropped, "spooled": self.traffic_log.spooled,
-                            "spool_pending": self.traffic_log.spool_pending,
-                            "store_ok": self.traffic_log.store_ok,
-                            "quarantined": self.traffic_log.quarantined,
-                            "quarantined_on_disk": self.traffic_log.quarantine.count_rows(),
-                            "recovered_from_wal": self.traffic_log.recovered,
-                            "wal_pending": self.traffic_log.wal.pending if self.traffic_log.wal else 0},
+            "traffic_log": self.traffic_log.status(),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from careloop.gateway.asgi import Send, send_bytes
 from careloop.gateway.errors import GatewayError, bad_request, not_found
 from careloop.gateway.keys import KeyAdminError, create_key, key_dict, list_keys, parse_expiry, revoke_key
-
-if TYPE_CHECKING:
-    from careloop.gateway.app import Gateway
+from careloop.gateway.state import GatewayState
 
 
 def _limit(data: dict[str, Any], name: str) -> int | None:
@@ -24,7 +22,7 @@ def _limit(data: dict[str, Any], name: str) -> int | None:
     return value
 
 
-async def handle(gw: Gateway, method: str, parts: list[str], data: dict[str, Any] | None, send: Send) -> None:
+async def handle(gw: GatewayState, method: str, parts: list[str], data: dict[str, Any] | None, send: Send) -> None:
     """Serve one `/admin/keys…` request (already authorised; `data` is the parsed body of a POST)."""
     engine = gw.engine
     try:

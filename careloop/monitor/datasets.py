@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from careloop.core.messages import last_user_message
 from careloop.monitor.scoring import normalize_class
 
 XSTEST_MODELS: tuple[str, ...] = ("gpt4", "llama2new", "mistralinstruct")
@@ -51,10 +52,7 @@ class LabelledExample:
     @property
     def prompt(self) -> str:
         """The last user message."""
-        for message in reversed(self.messages):
-            if message.get("role") == "user":
-                return str(message.get("content", ""))
-        return ""
+        return last_user_message(self.messages)
 
 
 def _read_csv(path: Path) -> Iterator[dict[str, Any]]:

@@ -8,13 +8,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from careloop.core.settings import Settings
-from careloop.core.store import make_engine
+from careloop.core.store import acquire_lease, make_engine
 from careloop.gateway import telemetry
 from careloop.monitor.judges.base import Judge
 from careloop.monitor.launcher import Launcher, RetrainSupervisor
@@ -24,6 +24,11 @@ from careloop.monitor.windows import WindowSet
 from careloop.monitor.worker import CycleReport, JudgeWorker, new_worker_id, queue_depth
 
 log = logging.getLogger("careloop.monitor")
+T = TypeVar("T")
+
+
+class _NotThisReplica(Exception):
+    """Another replica holds the job's lease: nothing to do, and not counted as a run."""
 
 
 def build_judges(settings: Settings) -> dict[str, Judge]:
@@ -127,72 +132,62 @@ class MonitorService:
         self._timed("judge", time.perf_counter() - t0)
         return total
 
-    def refresh_job(self) -> int:
-        """Follow new verdicts into the windows and update the queue gauge."""
+    def _job(self, name: str, what: str, run: Callable[[], T], fallback: T) -> T:
+        """Run one scheduled job, timed; a failure is logged and counted in its stats, and gives `fallback`."""
         t0 = time.perf_counter()
         try:
-            added = self.windows.refresh()
-            self.queue = queue_depth(self.engine)
-            self.metrics.queue_depth.set(self.queue)
-            if time.monotonic() - self._human_at >= self.human_kappa_every_s:
-                self.metrics.human_kappa = human_kappas(self.engine, self.judges)
-                self._human_at = time.monotonic()
+            result = run()
+        except _NotThisReplica:
+            return fallback
         except Exception as exc:
-            log.exception("windows refresh failed")
-            self._timed("windows", time.perf_counter() - t0, exc)
-            return 0
-        self._timed("windows", time.perf_counter() - t0)
+            log.exception("%s failed", what)
+            self._timed(name, time.perf_counter() - t0, exc)
+            return fallback
+        self._timed(name, time.perf_counter() - t0)
+        return result
+
+    def refresh_job(self) -> int:
+        """Follow new verdicts into the windows and update the queue gauge."""
+        return self._job("windows", "windows refresh", self._refresh, 0)
+
+    def _refresh(self) -> int:
+        added = self.windows.refresh()
+        self.queue = queue_depth(self.engine)
+        self.metrics.queue_depth.set(self.queue)
+        if time.monotonic() - self._human_at >= self.human_kappa_every_s:
+            self.metrics.human_kappa = human_kappas(self.engine, self.judges)
+            self._human_at = time.monotonic()
         return added
 
     def trigger_job(self) -> list[int]:
         """Evaluate the trigger rules."""
-        t0 = time.perf_counter()
-        try:
-            written = self.triggers.evaluate()
-        except Exception as exc:
-            log.exception("trigger evaluation failed")
-            self._timed("triggers", time.perf_counter() - t0, exc)
-            return []
-        self._timed("triggers", time.perf_counter() - t0)
-        return written
+        return self._job("triggers", "trigger evaluation", self.triggers.evaluate, [])
 
     def launcher_job(self) -> list[str]:
         """Watch retrain runs and start requested ones."""
-        t0 = time.perf_counter()
-        try:
-            notes = self.supervisor.tick()
-        except Exception as exc:
-            log.exception("launcher tick failed")
-            self._timed("launcher", time.perf_counter() - t0, exc)
-            return []
-        self._timed("launcher", time.perf_counter() - t0)
+        notes: list[str] = self._job("launcher", "launcher tick", self.supervisor.tick, [])
         for note in notes:
             log.info("%s", note)
         return notes
 
     def retention_job(self) -> Any:
         """Purge what the retention settings say is too old (one monitor replica at a time: lease "retention")."""
-        from careloop.core.retention import purge
-        from careloop.core.store import acquire_lease
-
-        r = self.settings.retention
-        t0 = time.perf_counter()
-        try:
-            if not acquire_lease(self.engine, "retention", self.holder, max(r.interval_s, 60.0)):
-                return None
-            report = purge(self.engine, r)
-        except Exception as exc:
-            log.exception("retention purge failed")
-            self._timed("retention", time.perf_counter() - t0, exc)
-            return None
-        self._timed("retention", time.perf_counter() - t0)
-        if report.text_purged or report.exchanges_deleted or any(report.audit_deleted.values()) \
-                or report.partitions_dropped:
+        report = self._job("retention", "retention purge", self._purge, None)
+        if report is not None and (report.text_purged or report.exchanges_deleted
+                                   or any(report.audit_deleted.values()) or report.partitions_dropped):
             log.info("retention: %d texts blanked, %d exchanges and %d verdicts deleted, audit %s, day partitions"
                      " dropped %s (%d labelled exchanges kept) (%.1f s)", report.text_purged,
                      report.exchanges_deleted, report.verdicts_deleted, report.audit_deleted,
                      report.partitions_dropped, report.labelled_moved, report.seconds)
         return report
+
+    def _purge(self) -> Any:
+        from careloop.core.retention import purge
+
+        r = self.settings.retention
+        if not acquire_lease(self.engine, "retention", self.holder, max(r.interval_s, 60.0)):
+            raise _NotThisReplica
+        return purge(self.engine, r)
 
     async def cycle(self) -> dict[str, Any]:
         """One full round: judge, refresh windows, evaluate triggers, tick the launcher."""
@@ -236,61 +231,3 @@ def human_kappas(engine: Engine, judges: Iterable[str]) -> dict[str, float]:
         if value is not None:
             out[judge] = value
     return out
-
-
-async def serve(settings: Settings, service: MonitorService | None = None,
-                on_ready: Callable[[MonitorService], None] | None = None,
-                status_every_s: float | None = None, status: Callable[[MonitorService], None] | None = None) -> None:
-    """Run the monitor until cancelled or signalled: scheduler jobs plus the HTTP server."""
-    import uvicorn
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-    from careloop.monitor.server import create_app
-
-    if settings.telemetry.otlp_endpoint:
-        telemetry.configure(settings.telemetry.otlp_endpoint, "careloop-monitor")
-    if service is None:
-        from careloop.core.migrations import upgrade
-
-        upgrade(settings.database_url or "")
-        service = await asyncio.to_thread(MonitorService.create, settings)
-    await asyncio.to_thread(service.start)
-    m = settings.monitor
-    scheduler = AsyncIOScheduler()
-    opts: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-
-    async def in_thread(fn: Callable[[], Any]) -> None:
-        await asyncio.to_thread(fn)
-
-    scheduler.add_job(service.judge_job, "interval", seconds=m.judge_interval_s, id="judge", **opts)
-    scheduler.add_job(in_thread, "interval", args=[service.refresh_job], seconds=m.metrics_interval_s,
-                      id="windows", **opts)
-    scheduler.add_job(in_thread, "interval", args=[service.trigger_job], seconds=m.trigger_interval_s,
-                      id="triggers", **opts)
-    scheduler.add_job(in_thread, "interval", args=[service.launcher_job], seconds=m.launcher_interval_s,
-                      id="launcher", **opts)
-    if settings.retention.enabled:  # issue 23: batched purge, off the event loop
-        scheduler.add_job(in_thread, "interval", args=[service.retention_job], seconds=settings.retention.interval_s,
-                          id="retention", **opts)
-    if status is not None and status_every_s:
-        scheduler.add_job(status, "interval", args=[service], seconds=status_every_s, id="status", **opts)
-    app = create_app(settings, service)
-    config = uvicorn.Config(app, host=m.host, port=m.port, log_level="warning", access_log=False,
-                            lifespan="off")
-    server = uvicorn.Server(config)
-    service.http_server = server
-    scheduler.start()
-    if on_ready is not None:
-        on_ready(service)
-    try:
-        await server.serve()
-    finally:
-        scheduler.shutdown(wait=False)
-        await service.aclose()
-        if settings.telemetry.otlp_endpoint:
-            telemetry.shutdown()
-
-
-def run_monitor(settings: Settings, **kwargs: Any) -> None:
-    """Run the monitor in this process (blocks; Ctrl-C or SIGTERM stops it)."""
-    asyncio.run(serve(settings, **kwargs))

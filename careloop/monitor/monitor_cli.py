@@ -95,7 +95,8 @@ def register(app: typer.Typer) -> None:
         settings.ensure_dirs()
         upgrade(settings.database_url or "")
 
-        from careloop.monitor.loop import MonitorService, serve
+        from careloop.monitor.loop import MonitorService
+        from careloop.monitor.server import serve
 
         if status:
             from careloop.core.store import make_engine

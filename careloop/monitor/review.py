@@ -7,7 +7,6 @@ stored as the verdict of judge `human`, the gold standard for `judge audit --dat
 
 from __future__ import annotations
 
-import hmac
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from careloop.core.admin_auth import admin_refusal
+from careloop.core.messages import last_user_message
 from careloop.core.schema import Exchange, Verdict, utcnow
 from careloop.core.store import session_scope
 from careloop.monitor.scoring import RESPONSE_CLASSES, cohen_kappa, normalize_class, safety_score
@@ -48,10 +49,7 @@ class ReviewItem:
     @property
     def prompt(self) -> str:
         """The last user message."""
-        for m in reversed(self.messages):
-            if m.get("role") == "user":
-                return str(m.get("content", ""))
-        return ""
+        return last_user_message(self.messages)
 
 
 def review_queue(engine: Engine, limit: int = 20, scan: int = 2000) -> list[ReviewItem]:
@@ -185,14 +183,8 @@ def review_routes(settings: Settings, engine: Engine) -> list[Route]:
                             status_code=status)
 
     def authorize(request: Request) -> Response | None:
-        token = settings.admin_token
-        if not token:
-            return error(404, "the admin API is disabled: set CARELOOP_ADMIN_TOKEN to enable it",
-                         "invalid_request_error", "admin_disabled")
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            return error(401, "missing or wrong admin bearer token", "authentication_error", "unauthorized")
-        return None
+        refusal = admin_refusal(request.headers.get("authorization"), settings.admin_token)
+        return error(*refusal) if refusal is not None else None
 
     async def list_queue(request: Request) -> Response:
         denied = authorize(request)

@@ -1,10 +1,13 @@
-"""The monitor's HTTP server: /metrics (Prometheus text), /healthz, and the review routes when present."""
+"""The monitor's process: its scheduled jobs, and its HTTP server (/metrics, /healthz, the review routes when
+present)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
@@ -13,9 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from careloop.core.settings import Settings
-
-if TYPE_CHECKING:
-    from careloop.monitor.loop import MonitorService
+from careloop.gateway import telemetry
+from careloop.monitor.loop import MonitorService
 
 log = logging.getLogger("careloop.monitor.server")
 
@@ -60,3 +62,54 @@ def create_app(settings: Settings, service: MonitorService) -> Starlette:
     except Exception:  # the review UI must never keep the metrics endpoint down
         log.exception("review routes could not be mounted")
     return Starlette(routes=routes)
+
+
+async def serve(settings: Settings, service: MonitorService | None = None,
+                on_ready: Callable[[MonitorService], None] | None = None,
+                status_every_s: float | None = None, status: Callable[[MonitorService], None] | None = None) -> None:
+    """Run the monitor until cancelled or signalled: scheduler jobs plus the HTTP server."""
+    import uvicorn
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    if settings.telemetry.otlp_endpoint:
+        telemetry.configure(settings.telemetry.otlp_endpoint, "careloop-monitor")
+    if service is None:
+        from careloop.core.migrations import upgrade
+
+        upgrade(settings.database_url or "")
+        service = await asyncio.to_thread(MonitorService.create, settings)
+    await asyncio.to_thread(service.start)
+    m = settings.monitor
+    scheduler = AsyncIOScheduler()
+    opts: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+
+    async def in_thread(fn: Callable[[], Any]) -> None:
+        await asyncio.to_thread(fn)
+
+    scheduler.add_job(service.judge_job, "interval", seconds=m.judge_interval_s, id="judge", **opts)
+    scheduler.add_job(in_thread, "interval", args=[service.refresh_job], seconds=m.metrics_interval_s,
+                      id="windows", **opts)
+    scheduler.add_job(in_thread, "interval", args=[service.trigger_job], seconds=m.trigger_interval_s,
+                      id="triggers", **opts)
+    scheduler.add_job(in_thread, "interval", args=[service.launcher_job], seconds=m.launcher_interval_s,
+                      id="launcher", **opts)
+    if settings.retention.enabled:  # issue 23: batched purge, off the event loop
+        scheduler.add_job(in_thread, "interval", args=[service.retention_job], seconds=settings.retention.interval_s,
+                          id="retention", **opts)
+    if status is not None and status_every_s:
+        scheduler.add_job(status, "interval", args=[service], seconds=status_every_s, id="status", **opts)
+    app = create_app(settings, service)
+    config = uvicorn.Config(app, host=m.host, port=m.port, log_level="warning", access_log=False,
+                            lifespan="off")
+    server = uvicorn.Server(config)
+    service.http_server = server
+    scheduler.start()
+    if on_ready is not None:
+        on_ready(service)
+    try:
+        await server.serve()
+    finally:
+        scheduler.shutdown(wait=False)
+        await service.aclose()
+        if settings.telemetry.otlp_endpoint:
+            telemetry.shutdown()

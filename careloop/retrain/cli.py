@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from careloop.core.sigterm import exit_on_sigterm
+
 console = Console(stderr=True)
 adapters_app = typer.Typer(help="The adapter registry: list, promote, roll back.", no_args_is_help=True)
 
@@ -40,7 +42,7 @@ def retrain(
     from careloop.retrain.run import RunError, run_retrain
 
     settings = load_settings()
-    _exit_on_sigterm()
+    exit_on_sigterm()
     try:
         report = run_retrain(settings, run_id=run_id, cycles=cycles, canary=not no_canary, max_steps=max_steps,
                              report_cb=lambda msg: console.print(f"[bold cyan]retrain[/] {msg}"))
@@ -52,16 +54,6 @@ def retrain(
     print_run_table(report.as_dict(), console)
     plot = write_run_plot(report.as_dict(), settings.runs_dir / f"run-{report.run_id}" / "metrics.png")
     console.print(f"outcome: [bold]{report.outcome}[/]  wall time {report.wall_s:.0f} s  plot: {plot}")
-
-
-def _exit_on_sigterm() -> None:
-    """Turn SIGTERM (a stopped Job, the launcher, Ctrl-C in a supervisor) into SystemExit so cleanup runs."""
-    import signal
-
-    def _raise(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _raise)
 
 
 def evaluate(

@@ -44,7 +44,7 @@ def test_the_command_exits_non_zero_with_the_reason(monkeypatch: pytest.MonkeyPa
         return {**rolled_back, "result": {"ok": ok, "reason": reason}}
 
     monkeypatch.setattr(demo, "run_demo", fake_run)
-    monkeypatch.setattr("careloop.stack.exit_on_sigterm", lambda: None)
+    monkeypatch.setattr("careloop.core.sigterm.exit_on_sigterm", lambda: None)
     out = CliRunner().invoke(app, ["demo"])
     assert out.exit_code == 1
     assert "careloop demo failed: canary a-v1 rollback: worse" in out.output

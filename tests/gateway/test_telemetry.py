@@ -78,7 +78,7 @@ async def test_trace_from_client_request_to_verdict(settings: Settings, fake: Fa
     (v,) = [s for s in decoded if s.name == "judge verdict"]
     assert v.parent_span_id.hex() == f"{gw_span.context.span_id:016x}"
     resource = {a.key: a.value.string_value for a in wire.resource_spans[0].resource.attributes}
-    assert resource["careloop.gateway.name"] == "careloop-test"
+    assert resource["service.name"] == "careloop-test"
 
 
 def test_monitor_jobs_get_spans(settings: Settings, exporter: object) -> None:

@@ -16,7 +16,9 @@ from sqlmodel import Session, select
 from careloop.core.schema import Exchange
 from careloop.core.store import init_db, make_engine
 from careloop.gateway.metrics import GatewayMetrics
-from careloop.gateway.traffic_log import Record, TrafficLog, build_row, parse_stream
+from careloop.gateway.record import Record
+from careloop.gateway.rows import build_row, parse_stream
+from careloop.gateway.traffic_log import TrafficLog
 from tests.conftest import free_port
 from tests.gateway.procs import Forwarder
 
@@ -63,7 +65,7 @@ async def test_batches_are_written_redacted_and_drained(tmp_path: Path) -> None:
     for i in range(120):
         log.submit(record(i, sampled=i % 10 == 0))
     await log.drain()
-    assert count(engine) == 120 and log.written == 120 and log.dropped == 0
+    assert count(engine) == 120 and log.writer.written == 120 and log.dropped == 0
     with Session(engine) as session:
         row = session.get(Exchange, "ex00000010")
     assert row is not None and row.sampled and row.judge_state == "pending"
@@ -94,17 +96,17 @@ async def test_store_down_spools_then_replays_sqlite(tmp_path: Path) -> None:
     log.start()
     for i in range(50):
         log.submit(record(i))
-    await wait_for(lambda: log.spooled == 50)
-    assert not log.store_ok
+    await wait_for(lambda: log.writer.spooled == 50)
+    assert not log.writer.store_ok
     spooled = b"".join(p.read_bytes() for p in spool.glob("*.jsonl"))
     assert b"123-45-6789" not in spooled and b"[SSN]" in spooled  # the spool holds redacted rows only
 
-    log.engine = up  # the store is reachable again
+    log.writer.engine = up  # the store is reachable again
     for i in range(50, 60):
         log.submit(record(i))
     await wait_for(lambda: count(up) == 60)
     await log.drain()
-    assert log.store_ok and not list(spool.glob("*.jsonl"))
+    assert log.writer.store_ok and not list(spool.glob("*.jsonl"))
 
 
 @pytest.mark.postgres
@@ -121,7 +123,7 @@ async def test_store_down_spools_then_replays_postgres(tmp_path: Path, pg_url: s
     log.start()
     for i in range(30):  # PostgreSQL is unreachable through the closed port
         log.submit(record(i))
-    await wait_for(lambda: log.spooled == 30)
+    await wait_for(lambda: log.writer.spooled == 30)
     assert count(direct) == 0
     await forwarder.open()  # ... and now it is back
     for i in range(30, 40):
@@ -177,7 +179,7 @@ async def test_poison_rows_are_quarantined_alone_sqlite(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
     init_db(engine)
     log = await poison_run(engine, tmp_path, ["bigint"])
-    assert count(engine) == 294 and log.quarantined == 6 and log.store_ok
+    assert count(engine) == 294 and log.quarantine.rows == 6 and log.writer.store_ok
     assert b"careloop_traffic_quarantined_total 6.0" in log.metrics.render()
     lines = [orjson.loads(line) for p in (tmp_path / "quarantine").glob("rows-*.jsonl")
              for line in p.read_bytes().splitlines()]
@@ -194,7 +196,7 @@ async def test_poison_rows_are_quarantined_alone_postgres(tmp_path: Path, pg_url
         conn.exec_driver_sql("DELETE FROM verdict")
         conn.exec_driver_sql("DELETE FROM exchange")
     log = await poison_run(engine, tmp_path, ["bigint", "nul"])
-    assert count(engine) == 294 and log.quarantined == 6 and log.store_ok
+    assert count(engine) == 294 and log.quarantine.rows == 6 and log.writer.store_ok
     reasons = [orjson.loads(line)["reason"] for p in (tmp_path / "quarantine").glob("rows-*.jsonl")
                for line in p.read_bytes().splitlines()]
     assert any("NUL" in r for r in reasons) and any("range" in r or "Numeric" in r for r in reasons)
@@ -210,13 +212,13 @@ async def test_replay_moves_past_a_bad_spool_file(tmp_path: Path) -> None:
     (spool / "exchanges-2-1.jsonl").mkdir()  # unreadable as a file
     log = TrafficLog(engine, spool, GatewayMetrics(), batch_size=10, flush_interval_s=0.05,
                      quarantine_dir=tmp_path / "quarantine")
-    log._spool([build_row(record(i)) for i in range(5)])  # a good file after the bad ones
+    log.writer.spool([build_row(record(i)) for i in range(5)])  # a good file after the bad ones
     log.start()
     log.submit(record(99))
     await wait_for(lambda: count(engine) == 6)
     await log.drain()
     assert not list(spool.glob("exchanges-*.jsonl"))
-    assert log.quarantined == 2 and list((tmp_path / "quarantine" / "files").iterdir())
+    assert log.quarantine.rows == 2 and list((tmp_path / "quarantine" / "files").iterdir())
 
 
 async def test_a_dead_gateways_wal_is_stored_at_start(tmp_path: Path) -> None:

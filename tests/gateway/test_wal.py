@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from careloop.gateway.traffic_log import Record, decode_record, encode_record
+from careloop.gateway.record import Record, decode_record, encode_record
 from careloop.gateway.wal import Wal, orphans, read_segments
 
 KEY = b"k" * 32
@@ -47,7 +47,7 @@ def test_appends_are_encrypted_private_and_deleted_once_done(tmp_path: Path) -> 
 
 def test_a_killed_process_leaves_its_records_for_the_next_start(tmp_path: Path) -> None:
     code = ("import os, sys; from pathlib import Path; from careloop.gateway.wal import Wal; "
-            "from careloop.gateway.traffic_log import encode_record; from tests.gateway.test_wal import record, KEY; "
+            "from careloop.gateway.record import encode_record; from tests.gateway.test_wal import record, KEY; "
             "w = Wal(Path(sys.argv[1]), KEY); [w.append(encode_record(record(i))) for i in range(25)]; "
             "os.kill(os.getpid(), 9)")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "wal")], cwd=Path(__file__).parents[2])

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from careloop.core.settings import Settings
-from careloop.monitor.loop import MonitorService, serve
+from careloop.monitor.loop import MonitorService
+from careloop.monitor.server import serve
 from tests.conftest import free_port
 from tests.monitor._monitor_fixtures import RuleJudge, add_exchanges, exchange_row, keyword_rule, store
 from tests.monitor.rules_util import extract

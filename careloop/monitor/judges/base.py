@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from careloop.core.messages import last_user_message
+
 
 @dataclass(frozen=True)
 class JudgeInput:
@@ -18,11 +20,7 @@ class JudgeInput:
     @property
     def prompt(self) -> str:
         """The last user message (what the harm level is about)."""
-        for message in reversed(self.messages):
-            if message.get("role") == "user":
-                content = message.get("content")
-                return content if isinstance(content, str) else str(content)
-        return ""
+        return last_user_message(self.messages)
 
 
 @dataclass(frozen=True)

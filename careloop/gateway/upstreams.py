@@ -1,0 +1,88 @@
+"""The vLLM replicas behind the gateway: one shared aiohttp client, round robin, and failover before a reply."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import aiohttp
+
+from careloop.gateway.errors import upstream_error
+from careloop.gateway.failover import Breakers
+
+
+class Upstreams:
+    """The shared aiohttp client and the vLLM replicas it balances over (round robin over serving ones)."""
+
+    def __init__(self, urls: list[str], connect_timeout_s: float, read_timeout_s: float, pool_size: int,
+                 api_key: str | None = None, breakers: Breakers | None = None) -> None:
+        self.urls = [u.rstrip("/") for u in urls]
+        self.breakers = breakers or Breakers(self.urls)
+        self.healthy = list(self.urls)
+        self._rr = itertools.count()
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s,
+                                             sock_read=read_timeout_s)
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self.pool_size = pool_size
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the shared client (one connection pool for the whole process)."""
+        connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0, ttl_dns_cache=300,
+                                         keepalive_timeout=60)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, auto_decompress=False,
+                                             skip_auto_headers=("User-Agent", "Accept-Encoding"))
+
+    async def close(self) -> None:
+        """Close the client and its connections."""
+        if self.session is not None:
+            await self.session.close()
+
+    def order(self) -> list[str]:
+        """Replicas to try for one request, round robin over the serving ones (all, if none is known yet).
+
+        Only serving replicas are tried: they are the ones known to hold the adapters requests route to.
+        """
+        pool = self.healthy or self.urls
+        if len(pool) == 1:
+            return pool
+        i = next(self._rr) % len(pool)
+        return self.breakers.pick(pool[i:] + pool[:i])
+
+    async def post(self, payload: bytes, headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, float]:
+        """POST to the first replica that answers, and the time spent waiting; failover happens only here.
+
+        Nothing has gone to the client yet, so a replica whose connection fails (refused, reset, closed before a
+        response) or that answers 503 is retried on the next one; its breaker counts the failure. A read timeout
+        is not retried (the replica may be busy generating). The last replica's 503 is passed through.
+        """
+        session = self.session
+        assert session is not None
+        breakers = self.breakers
+        order = self.order()
+        last_exc: BaseException | None = None
+        wait = 0.0
+        for i, url in enumerate(order):
+            t_up = time.perf_counter()
+            try:
+                resp = await session.post(url + "/v1/chat/completions", data=payload, headers=headers)
+            except (aiohttp.ServerTimeoutError, TimeoutError, aiohttp.ClientResponseError):
+                raise  # busy generating, or it answered something malformed (502): not a connection failure
+            except aiohttp.ClientError as exc:  # no response from this replica: try the next one
+                wait += time.perf_counter() - t_up
+                breakers.failure(url)
+                last_exc = exc
+                continue
+            wait += time.perf_counter() - t_up
+            if resp.status == 503 and i + 1 < len(order):
+                breakers.failure(url)
+                resp.release()
+                continue
+            if resp.status == 503:
+                breakers.failure(url)
+            else:
+                breakers.success(url)
+            return resp, wait
+        raise upstream_error(503, f"vLLM is unreachable: {type(last_exc).__name__}", "upstream_unavailable")
