@@ -8,12 +8,11 @@ action needs; the admin bearer token (`CARELOOP_ADMIN_TOKEN`) stands for an admi
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.engine import Engine
@@ -22,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from careloop.console import agreement, evidence, sampling, timeline
 from careloop.console.auth import (
@@ -35,6 +34,7 @@ from careloop.console.auth import (
     session_principal,
 )
 from careloop.console.users import User, authenticate
+from careloop.console.web import Denied, SecurityHeaders, json_refusal, local_path, read_form, wants_json
 from careloop.core import audit_trail, registry
 from careloop.core.admin_auth import bearer_ok
 from careloop.core.audit_trail import Actor
@@ -43,51 +43,7 @@ from careloop.monitor.review import ReviewError
 
 HERE = Path(__file__).resolve().parent
 LOGIN_COOKIE = "careloop_login"  # double-submit token of the sign-in form (login CSRF)
-MAX_FORM_BYTES = 64 * 1024
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
-       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 HARM_LABELS = {0: "harmless", 1: "low", 2: "moderate", 3: "severe"}
-
-
-def _local(path: str | None) -> str:
-    """Where to go after signing in: a path on this console only (never another site), else the review queue."""
-    if path and path.startswith("/") and not path.startswith(("//", "/\\")) and "\\" not in path:
-        return path
-    return "/review"
-
-
-class SecurityHeaders:
-    """Adds CSP, no framing, no sniffing, no referrer and no caching of pages to every response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Wrap `send` to add the headers."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        static = scope["path"].startswith("/static/")
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers += [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY"),
-                            (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
-                if not static:
-                    headers.append((b"cache-control", b"no-store"))
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class Denied(Exception):
-    """A request refused with a status and a message (rendered as a page, or JSON for the bearer token)."""
-
-    def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
 
 
 class Console:
@@ -121,30 +77,9 @@ class Console:
 
     def error(self, request: Request, who: Principal | None, exc: Denied) -> Response:
         """A refusal: JSON (OpenAI-style error body) for the bearer token or JSON callers, else a page."""
-        if (who is not None and who.csrf is None) or "application/json" in request.headers.get("accept", "") \
-                or request.headers.get("authorization"):
-            return JSONResponse({"error": {"message": exc.message, "type": "invalid_request_error"
-                                           if exc.status < 500 else "server_error", "code": exc.code,
-                                           "param": None}}, status_code=exc.status)
+        if wants_json(request, who is not None and who.csrf is None):
+            return json_refusal(exc)
         return self.render("error.html", who, exc.status, code=exc.status, message=exc.message)
-
-    async def form(self, request: Request) -> dict[str, str]:
-        """The POST body as fields: url-encoded form or a JSON object."""
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            raise Denied(413, "request body too large", "request_too_large")
-        if request.headers.get("content-type", "").startswith("application/json"):
-            try:
-                data = json.loads(body or b"{}")
-            except ValueError:
-                raise Denied(400, "the request body is not valid JSON", "invalid_json") from None
-            if not isinstance(data, dict):
-                raise Denied(400, "the request body must be a JSON object", "invalid_type")
-            return {str(k): "" if v is None else str(v) for k, v in data.items()}
-        try:
-            return dict(parse_qsl(body.decode(), keep_blank_values=True))
-        except UnicodeDecodeError:
-            raise Denied(400, "the form is not UTF-8", "invalid_form") from None
 
     def allowed(self, request: Request, form: dict[str, str], role: str) -> Principal:
         """The principal of a state change after its checks: signed in (401), CSRF token (403), role (403)."""
@@ -188,7 +123,7 @@ class Console:
         async def endpoint(request: Request) -> Response:
             who = None
             try:
-                form = await self.form(request)
+                form = await read_form(request)
 
                 def run() -> Response:
                     nonlocal who
@@ -211,7 +146,7 @@ class Console:
     async def login_page(self, request: Request) -> Response:
         """The sign-in form (sets the double-submit cookie its POST must match)."""
         token = secrets.token_urlsafe(24)
-        resp = self.render("login.html", None, login_token=token, next=_local(request.query_params.get("next")),
+        resp = self.render("login.html", None, login_token=token, next=local_path(request.query_params.get("next")),
                            message=None)
         resp.set_cookie(LOGIN_COOKIE, token, max_age=1800, httponly=True, samesite="strict",
                         secure=self.cfg.cookie_secure, path="/login")
@@ -220,7 +155,7 @@ class Console:
     async def login(self, request: Request) -> Response:
         """Check the password (rate-limited per client address and per name) and start a session."""
         try:
-            form = await self.form(request)
+            form = await read_form(request)
         except Denied as exc:
             return self.error(request, None, exc)
         expected = request.cookies.get(LOGIN_COOKIE)
@@ -229,7 +164,7 @@ class Console:
         name = form.get("name", "").strip()[:64]
         keys = (f"ip:{request.client.host if request.client else '?'}", f"name:{name.lower()}")
         wait = self.limiter.retry_after(*keys)
-        nxt = _local(form.get("next"))
+        nxt = local_path(form.get("next"))
         if wait > 0:
             resp = self.render("login.html", None, 429, login_token=expected, next=nxt,
                                message=f"too many failed sign-ins: try again in {wait:.0f} s")
