@@ -5,6 +5,8 @@ canary adapters back from the registry."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -187,3 +189,48 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
         for name in (v1, v2):  # leave the shared server as we found it
             await unload_adapter(session, vllm_url, name)
     engine.dispose()
+
+
+async def test_killing_one_replica_under_load_costs_no_client_error(
+    vllm_url: str, own_replica: Replica, tmp_path: Path,
+) -> None:
+    """Two real vLLM replicas behind the gateway; one is SIGKILLed while requests are in flight: every request
+    still gets its 200 (retried on the other replica before any byte went out) and that replica's breaker opens
+    within a second. Runs last in this module: it leaves its own replica dead."""
+    from tests.gateway.gateway_helpers import running_gateway
+
+    settings = Settings(home=tmp_path / "home", upstream_replicas=[vllm_url, own_replica.url])
+    settings.ensure_dirs()
+    body = {"model": settings.public_model, "max_tokens": 8, "temperature": 0,
+            "messages": [{"role": "user", "content": "Name one vitamin."}]}
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def client(session: aiohttp.ClientSession, url: str) -> None:
+        while not stop.is_set():
+            async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
+                await resp.read()
+                statuses.append(resp.status)
+
+    async with running_gateway(settings) as (gateway, url), aiohttp.ClientSession() as session:
+        breakers = gateway.upstreams.breakers
+        clients = [asyncio.create_task(client(session, url)) for _ in range(6)]
+        while len(statuses) < 12:  # both replicas answering
+            await asyncio.sleep(0.05)
+        assert own_replica.proc is not None
+        killed_at = time.monotonic()
+        os.killpg(own_replica.proc.pid, signal.SIGKILL)
+        opened_after = None
+        while time.monotonic() - killed_at < 10:
+            if not breakers.up(own_replica.url):
+                opened_after = time.monotonic() - killed_at
+                break
+            await asyncio.sleep(0.01)
+        served_before = len(statuses)
+        while len(statuses) < served_before + 12:  # and traffic carries on on the other replica
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*clients)
+    own_replica.proc.wait(30)
+    assert opened_after is not None and opened_after <= 1.0, opened_after
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
