@@ -45,7 +45,7 @@ from careloop.monitor.judges.distilled import (
     train_linear_head,
     training_sets,
 )
-from careloop.monitor.scoring import cohen_kappa
+from careloop.monitor.scoring import cohen_kappa, confusion_matrix
 
 DATA = REPO_ROOT / "data"
 DOCS = REPO_ROOT / "docs"
@@ -137,17 +137,35 @@ class FeatureCache:
             self.rows.update(zip(chunk, x, strict=True))
         return np.stack([self.rows[k] for k in keys])
 
+    def save(self, path: Path) -> None:
+        """Write the rows computed so far (to rerun the bench without the encoder)."""
+        keys = list(self.rows)
+        np.savez_compressed(path, keys=np.asarray(json.dumps(keys)), x=np.stack([self.rows[k] for k in keys]))
+
+    def load(self, path: Path) -> None:
+        """Read rows that `save` wrote."""
+        data = np.load(path)
+        self.rows.update(zip((tuple(k) for k in json.loads(str(data["keys"]))), data["x"], strict=True))
+
 
 def production_features(cfg: DistilledConfig) -> Featurize:
-    """The featurizer `train_distilled` trains with (bf16 encoder where the CPU has native bf16)."""
-    import torch
+    """The featurizer `train_distilled` trains with (bf16 encoder where the CPU has native bf16), loaded when
+    first called."""
+    loaded: list[Featurize] = []
 
-    from careloop.core.hardware import native_bf16
+    def featurize(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        if not loaded:
+            import torch
 
-    encoder, tokenizer = load_prompt_encoder()
-    if cfg.bf16_inference and native_bf16():
-        encoder = encoder.to(torch.bfloat16)
-    return Featurizer(encoder, tokenizer, cfg).response_features
+            from careloop.core.hardware import native_bf16
+
+            encoder, tokenizer = load_prompt_encoder()
+            if cfg.bf16_inference and native_bf16():
+                encoder = encoder.to(torch.bfloat16)
+            loaded.append(Featurizer(encoder, tokenizer, cfg).response_features)
+        return loaded[0](prompts, responses)
+
+    return featurize
 
 
 def fit_response_head(features: FeatureCache, variant: Variant, models: Sequence[str],
@@ -179,6 +197,7 @@ class Measure:
     xstest_lomo: dict[str, float]
     xstest_seen: float
     train_ids: list[str] = field(repr=False)
+    confusion: list[list[int]] = field(default_factory=list)  # held-out human labels (rows) × verdicts
 
     @property
     def xstest_mean(self) -> float:
@@ -201,8 +220,10 @@ def measure(features: FeatureCache, variant: Variant, labels: Sequence[LabelledE
         xstest_all += test
         others = [m for m in XSTEST_MODELS if m != model]
         lomo[model] = kappa(fit_response_head(features, variant, others, labels, data_dir)[0], features, test)
-    return Measure(variant.name, n_asked, seed, len(labels), kappa(head, features, heldout), lomo,
-                   kappa(head, features, xstest_all), ids)
+    truth = [e.response_class or "" for e in heldout]
+    pred = head.predict(features(heldout))
+    return Measure(variant.name, n_asked, seed, len(labels), cohen_kappa(truth, pred), lomo,
+                   kappa(head, features, xstest_all), ids, confusion_matrix(truth, pred))
 
 
 def run_bench(features: FeatureCache, labelled: Sequence[LabelledExample], chosen: Sequence[Variant],
@@ -318,6 +339,7 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="retrain the all-labels judge through train_distilled")
     ap.add_argument("--plot", type=Path, default=DOCS / "recalibration.png")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--features", type=Path, default=None, help="feature rows to read if present, and to write")
     args = ap.parse_args()
     cfg = DistilledConfig()
     known = variants(cfg)
@@ -325,15 +347,21 @@ def main() -> None:
     labelled = [e for e in load_smollm2(DATA) if e.response and e.response_class]
     t0 = time.monotonic()
     features = FeatureCache(production_features(cfg))
+    if args.features and args.features.is_file():
+        features.load(args.features)
     before, after, heldout = run_bench(features, labelled, chosen, seeds=args.seeds, share=args.share,
                                        split=args.split)
+    if args.features:
+        features.save(args.features)
     print(f"\n{len(heldout)} held-out labels; {time.monotonic() - t0:.0f} s\n")
     print("\n".join(table(before, after)))
+    whole = next(m for m in after if m.variant == "console" and m.n_asked is None)
+    print("\nheld-out human labels (rows: Accept, Caution, Refuse) × verdicts: before "
+          f"{before.confusion}, after with all labels {whole.confusion}")
     plot(before, after, args.plot)
     print(f"\nplot: {args.plot}")
     if args.check:
         pool = heldout_split(labelled, args.share, how=args.split)[0]
-        whole = next(m for m in after if m.variant == "console" and m.n_asked is None)
         check(pool, heldout, cfg, whole.in_domain)
     if args.json:
         args.json.write_text(json.dumps({"before": asdict(before), "after": [asdict(m) for m in after]}, indent=1))

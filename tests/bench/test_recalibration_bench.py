@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -48,10 +49,11 @@ def test_split_and_draws_keep_prompts_whole() -> None:
     assert draw(pool, None, 0) == pool and draw(pool, 10_000, 0) == pool
 
 
-def test_core_on_a_tiny_slice() -> None:
+def test_core_on_a_tiny_slice(tmp_path: Path) -> None:
     labelled = load_smollm2(DATA)[:48]
     chosen = [variants(TINY)["console"]]
-    before, after, held = run_bench(FeatureCache(cues_only), labelled, chosen, sizes=(10, None), seeds=2,
+    features = FeatureCache(cues_only)
+    before, after, held = run_bench(features, labelled, chosen, sizes=(10, None), seeds=2,
                                     log=lambda line: None)
     assert before.n_train == 0 and not before.train_ids
     assert [(m.variant, m.n_asked, m.seed) for m in after] == [
@@ -67,3 +69,8 @@ def test_core_on_a_tiny_slice() -> None:
     assert all(m.n_train >= 10 for m in after if m.n_asked == 10)
     lines = table(before, after)
     assert len(lines) == 3 + 2 and lines[2].startswith("| before")
+    assert len(before.confusion) == 3 and sum(map(sum, before.confusion)) == len(held)
+    features.save(tmp_path / "f.npz")
+    again = FeatureCache(cues_only)
+    again.load(tmp_path / "f.npz")
+    assert again.rows.keys() == features.rows.keys()
