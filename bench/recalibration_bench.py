@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from careloop.console.recalibrate import MAX_XSTEST_LOSS, decide, split_by_prompt
-from careloop.core.settings import REPO_ROOT
 from careloop.monitor.datasets import XSTEST_MODELS, LabelledExample, load_smollm2, load_xstest
 from careloop.monitor.judges.distilled import (
     DistilledConfig,
@@ -47,8 +46,9 @@ from careloop.monitor.judges.distilled import (
 )
 from careloop.monitor.scoring import cohen_kappa, confusion_matrix
 
-DATA = REPO_ROOT / "data"
-DOCS = REPO_ROOT / "docs"
+ROOT = Path(__file__).resolve().parents[1]  # the tree the bench is run from, whichever careloop is imported
+DATA = ROOT / "data"
+DOCS = ROOT / "docs"
 SIZES: tuple[int | None, ...] = (100, 200, None)  # None: the whole pool
 HELDOUT_SHARE = 0.35
 GOAL_KAPPA = 0.7
@@ -312,6 +312,18 @@ def plot(before: Measure, after: Sequence[Measure], path: Path) -> None:
     plt.close(fig)
 
 
+def in_domain_only(features: FeatureCache, pool: Sequence[LabelledExample], heldout: Sequence[LabelledExample],
+                   cfg: DistilledConfig) -> float:
+    """κ on the held-out labels of the same response head trained on the pool's labels alone (and their opening
+    sentences): what these features can learn of SmolLM2's replies without the public data (a diagnostic)."""
+    from careloop.monitor.judges.distilled import opening_sentences
+
+    rows = [*pool, *opening_sentences(pool)]
+    head = train_linear_head(features(rows), [e.response_class or "" for e in rows], cfg.response_c, cfg.balanced,
+                             np.asarray([cfg.opening_weight if "opening_of" in e.meta else 1.0 for e in rows]))
+    return kappa(head, features, heldout)
+
+
 def check(labels: Sequence[LabelledExample], heldout: Sequence[LabelledExample], cfg: DistilledConfig,
           expect: float) -> float:
     """κ on the held-out labels of a judge trained through `train_distilled` and audited as the console does."""
@@ -358,10 +370,12 @@ def main() -> None:
     whole = next(m for m in after if m.variant == "console" and m.n_asked is None)
     print("\nheld-out human labels (rows: Accept, Caution, Refuse) × verdicts: before "
           f"{before.confusion}, after with all labels {whole.confusion}")
+    pool = heldout_split(labelled, args.share, how=args.split)[0]
+    print(f"diagnostic: the same head trained on the {len(pool)} pool labels alone: κ "
+          f"{in_domain_only(features, pool, heldout, cfg):.3f} on the held-out labels")
     plot(before, after, args.plot)
     print(f"\nplot: {args.plot}")
     if args.check:
-        pool = heldout_split(labelled, args.share, how=args.split)[0]
         check(pool, heldout, cfg, whole.in_domain)
     if args.json:
         args.json.write_text(json.dumps({"before": asdict(before), "after": [asdict(m) for m in after]}, indent=1))
