@@ -1,8 +1,9 @@
 """Recalibration, measured: κ of the reference judge on SmolLM2's replies before and after training it with
 100, 200 and all of a pool of human labels, and on the XSTest source models it did not see.
 
-    nice -n 10 .venv/bin/python bench/recalibration_bench.py                      # 3 draws per size
-    nice -n 10 .venv/bin/python bench/recalibration_bench.py --variants weight-3 balanced --check
+    PYTHONPATH=. nice -n 10 .venv/bin/python bench/recalibration_bench.py           # 3 draws per size
+    PYTHONPATH=. nice -n 10 .venv/bin/python bench/recalibration_bench.py --variants weight-3 balanced --check
+    ... --split console --share 0.3 --features /tmp/feats.npz                     # the console's hash split
 
 `data/smollm2/labelled.jsonl` stands in for the people's labels. A fixed share of its prompts is held out (every
 reply to a held-out prompt is, so no prompt leaks into the audit); n labels are drawn by prompt from the rest,
