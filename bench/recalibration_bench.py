@@ -36,11 +36,10 @@ import numpy as np
 
 from careloop.console.recalibrate import MAX_XSTEST_LOSS, decide, split_by_prompt
 from careloop.monitor.datasets import XSTEST_MODELS, LabelledExample, load_smollm2, load_xstest
-from careloop.monitor.judges.distilled import (
-    DistilledConfig,
-    Featurizer,
-    LinearHead,
-    load_prompt_encoder,
+from careloop.monitor.judges.distilled_artefacts import LinearHead
+from careloop.monitor.judges.distilled_features import DistilledConfig, Featurizer, load_prompt_encoder
+from careloop.monitor.judges.distilled_train import (
+    TrainingSample,
     response_weights,
     train_linear_head,
     training_sets,
@@ -63,13 +62,19 @@ class Variant:
     name: str
     cfg: DistilledConfig
     label_weight: float = 1.0
+    sample: TrainingSample = field(default_factory=TrainingSample)
 
 
-def variants(base: DistilledConfig) -> dict[str, Variant]:
+def variants(base: DistilledConfig, sample: TrainingSample = TrainingSample()) -> dict[str, Variant]:
     """The recalibration the console runs and the principled changes the bench may try beside it."""
-    return {"console": Variant("console", base),
-            "weight-3": Variant("weight-3", base, 3.0),
-            "balanced": Variant("balanced", replace(base, balanced=True))}
+    return {"console": Variant("console", base, sample=sample),
+            "weight-3": Variant("weight-3", base, 3.0, sample),
+            "balanced": Variant("balanced", replace(base, balanced=True), sample=sample)}
+
+
+def predict(head: LinearHead, x: np.ndarray) -> list[str]:
+    """The head's most likely class per row (as the judge acts)."""
+    return [head.classes[i] for i in head.predict_proba(x).argmax(axis=1)]
 
 
 def prompt_of(e: LabelledExample) -> str:
@@ -152,7 +157,7 @@ class FeatureCache:
 def production_features(cfg: DistilledConfig) -> Featurize:
     """The featurizer `train_distilled` trains with (bf16 encoder where the CPU has native bf16), loaded when
     first called."""
-    loaded: list[Featurize] = []
+    loaded: list[Callable[[Sequence[str]], np.ndarray]] = []  # the judge reads the reply alone
 
     def featurize(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         if not loaded:
@@ -164,7 +169,7 @@ def production_features(cfg: DistilledConfig) -> Featurize:
             if cfg.bf16_inference and native_bf16():
                 encoder = encoder.to(torch.bfloat16)
             loaded.append(Featurizer(encoder, tokenizer, cfg).response_features)
-        return loaded[0](prompts, responses)
+        return loaded[0](responses)
 
     return featurize
 
@@ -173,7 +178,7 @@ def fit_response_head(features: FeatureCache, variant: Variant, models: Sequence
                       labels: Sequence[LabelledExample], data_dir: Path = DATA) -> tuple[LinearHead, list[str]]:
     """The response head `train_distilled` fits on these XSTest models plus `labels` (as extra); and the ids of
     the human labels it trained on (openings included)."""
-    rows, _ = training_sets(data_dir, variant.cfg, models, labels)
+    rows, _ = training_sets(data_dir, variant.cfg, models, labels, sample=variant.sample)
     weights = response_weights(rows, variant.cfg)
     weights *= np.asarray([variant.label_weight if e.source == "store" else 1.0 for e in rows])
     head = train_linear_head(features(rows), [e.response_class or "" for e in rows], variant.cfg.response_c,
@@ -183,7 +188,7 @@ def fit_response_head(features: FeatureCache, variant: Variant, models: Sequence
 
 def kappa(head: LinearHead, features: FeatureCache, examples: Sequence[LabelledExample]) -> float:
     """Cohen's κ of the head's response class (its most likely class, as the judge acts) against the labels."""
-    return cohen_kappa([e.response_class or "" for e in examples], head.predict(features(examples)))
+    return cohen_kappa([e.response_class or "" for e in examples], predict(head, features(examples)))
 
 
 @dataclass
@@ -216,13 +221,13 @@ def measure(features: FeatureCache, variant: Variant, labels: Sequence[LabelledE
     lomo: dict[str, float] = {}
     for model in XSTEST_MODELS:
         test = load_xstest(data_dir, (model,))
-        if variant.cfg.heldout_limit and variant.cfg.heldout_limit < len(test):
-            test = random.Random(variant.cfg.seed).sample(test, variant.cfg.heldout_limit)
+        if variant.sample.heldout and variant.sample.heldout < len(test):
+            test = random.Random(variant.cfg.seed).sample(test, variant.sample.heldout)
         xstest_all += test
         others = [m for m in XSTEST_MODELS if m != model]
         lomo[model] = kappa(fit_response_head(features, variant, others, labels, data_dir)[0], features, test)
     truth = [e.response_class or "" for e in heldout]
-    pred = head.predict(features(heldout))
+    pred = predict(head, features(heldout))
     return Measure(variant.name, n_asked, seed, len(labels), cohen_kappa(truth, pred), lomo,
                    kappa(head, features, xstest_all), ids, confusion_matrix(truth, pred))
 
@@ -317,7 +322,7 @@ def in_domain_only(features: FeatureCache, pool: Sequence[LabelledExample], held
                    cfg: DistilledConfig) -> float:
     """κ on the held-out labels of the same response head trained on the pool's labels alone (and their opening
     sentences): what these features can learn of SmolLM2's replies without the public data (a diagnostic)."""
-    from careloop.monitor.judges.distilled import opening_sentences
+    from careloop.monitor.judges.distilled_train import opening_sentences
 
     rows = [*pool, *opening_sentences(pool)]
     head = train_linear_head(features(rows), [e.response_class or "" for e in rows], cfg.response_c, cfg.balanced,
@@ -332,7 +337,7 @@ def check(labels: Sequence[LabelledExample], heldout: Sequence[LabelledExample],
 
     from careloop.console.recalibrate import _kappa
     from careloop.core.settings import Settings
-    from careloop.monitor.judges.distilled import train_distilled
+    from careloop.monitor.judges.distilled_train import train_distilled
 
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home), data_dir=DATA)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,11 @@ from recalibration_bench import (
 )
 
 from careloop.monitor.datasets import XSTEST_MODELS, load_smollm2
-from careloop.monitor.judges.distilled import DistilledConfig, hand_features
+from careloop.monitor.judges.distilled_features import DistilledConfig, hand_features
+from careloop.monitor.judges.distilled_train import TrainingSample
 
-TINY = replace(DistilledConfig(), xstest_limit=30, medsafety_limit=15, medquad_limit=15, heldout_limit=40)
+TINY = DistilledConfig()
+TINY_SAMPLE = TrainingSample(xstest=30, medical=15, heldout=40)
 
 
 def cues_only(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
@@ -51,7 +52,7 @@ def test_split_and_draws_keep_prompts_whole() -> None:
 
 def test_core_on_a_tiny_slice(tmp_path: Path) -> None:
     labelled = load_smollm2(DATA)[:48]
-    chosen = [variants(TINY)["console"]]
+    chosen = [variants(TINY, TINY_SAMPLE)["console"]]
     features = FeatureCache(cues_only)
     before, after, held = run_bench(features, labelled, chosen, sizes=(10, None), seeds=2,
                                     log=lambda line: None)
