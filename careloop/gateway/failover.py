@@ -73,10 +73,13 @@ class Breakers:
             b.opened_at = b.probe_at = None
             self._notify(url, True)
 
-    def failure(self, url: str) -> None:
-        """The replica failed a request (no response, or 503): count it, open the breaker at the threshold."""
+    def failure(self, url: str, refused: bool = False) -> None:
+        """The replica failed a request (no response, or 503): count it, open the breaker at the threshold.
+
+        A refused connection (nothing listens there: the process is gone) opens it at once.
+        """
         b = self.state[url]
-        b.failures += 1
+        b.failures = max(b.failures + 1, self.threshold if refused else 0)
         now = self.clock()
         if b.opened_at is not None:
             if b.probe_at is not None:  # the half-open probe failed: open again for a full period

@@ -72,7 +72,7 @@ class Upstreams:
                 raise  # busy generating, or it answered something malformed (502): not a connection failure
             except aiohttp.ClientError as exc:  # no response from this replica: try the next one
                 wait += time.perf_counter() - t_up
-                breakers.failure(url)
+                breakers.failure(url, refused=isinstance(exc, aiohttp.ClientConnectorError))
                 last_exc = exc
                 continue
             wait += time.perf_counter() - t_up

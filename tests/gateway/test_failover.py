@@ -65,6 +65,15 @@ def test_breaker_opens_after_consecutive_failures_and_probes_half_open() -> None
     assert b.pick(["a", "b"]) == ["a", "b"]  # every breaker open: try them all rather than refuse
 
 
+def test_a_refused_connection_opens_the_breaker_at_once() -> None:
+    """Nothing listens on the replica (its process is gone): no need to wait for more failures."""
+    b = Breakers(["a", "b"], failures=3, open_s=5.0)
+    b.failure("a")
+    assert b.up("a")
+    b.failure("b", refused=True)
+    assert not b.up("b") and [u for u, _ in b.opened] == ["b"]
+
+
 def test_routes_refresh_closes_a_reachable_replica_after_its_open_period() -> None:
     clock = Clock()
     b = Breakers(["a"], failures=2, open_s=5.0, clock=clock)

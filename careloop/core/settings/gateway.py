@@ -52,8 +52,8 @@ class FailoverSettings(BaseModel):
     """Retrying on another vLLM replica and the per-replica circuit breaker."""
 
     breaker_failures: int = Field(default=3, ge=1, description=(
-        "Consecutive failures (connection refused/reset before a response, or a 503) that open a replica's "
-        "circuit breaker; an open replica gets no requests."))
+        "Consecutive failures (connection reset before a response, or a 503) that open a replica's circuit "
+        "breaker; a refused connection opens it at once; an open replica gets no requests."))
     breaker_open_s: float = Field(default=5.0, gt=0, description=(
         "How long a breaker stays open before one request (or the routes refresh reaching the replica) "
         "probes it half-open; success closes it, failure opens it again."))
