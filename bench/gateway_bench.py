@@ -233,8 +233,10 @@ def start_gateway(procs: Procs, home: Path, upstream_port: int, sample_rate: flo
     if keys:
         add_client_key(home)
         env["CARELOOP_KEYS__REQUIRE"] = "on"
-    proc = procs.start([PY, "-c", "import logging; from careloop.core.settings import Settings; "
-                        "from careloop.gateway.server import run_gateway; run_gateway(Settings(), 'warning')"],
+    # a baseline from before the careloop.* namespace keeps its gateway in `service`
+    pkg = ("careloop.core", "careloop.gateway") if (code_dir / "careloop/core").is_dir() else ("service", "service")
+    proc = procs.start([PY, "-c", f"from {pkg[0]}.settings import Settings; "
+                        f"from {pkg[1]}.server import run_gateway; run_gateway(Settings(), 'warning')"],
                        env, home / "gateway.log", cwd=code_dir)
     wait_http(f"http://127.0.0.1:{port}/readyz")
     return proc, port
