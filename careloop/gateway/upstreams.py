@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 
@@ -27,6 +28,7 @@ class Upstreams:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.pool_size = pool_size
         self.session: aiohttp.ClientSession | None = None
+        self._probing: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         """Open the shared client (one connection pool for the whole process)."""
@@ -37,6 +39,8 @@ class Upstreams:
 
     async def close(self) -> None:
         """Close the client and its connections."""
+        for task in list(self._probing.values()):
+            task.cancel()
         if self.session is not None:
             await self.session.close()
 
@@ -50,6 +54,23 @@ class Upstreams:
             return pool
         i = next(self._rr) % len(pool)
         return self.breakers.pick(pool[i:] + pool[:i])
+
+    def probe_soon(self, url: str) -> None:
+        """After a dropped connection, knock on the replica at once: if nothing listens, open its breaker now."""
+        if url not in self._probing and self.session is not None:
+            task = asyncio.get_running_loop().create_task(self._probe(url))
+            self._probing[url] = task
+            task.add_done_callback(lambda _: self._probing.pop(url, None))
+
+    async def _probe(self, url: str) -> None:
+        assert self.session is not None
+        try:
+            async with self.session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+                await resp.read()
+        except aiohttp.ClientConnectorError:
+            self.breakers.failure(url, refused=True)
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # busy or flaky, not gone: the failure count decides
 
     async def post(self, payload: bytes, headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, float]:
         """POST to the first replica that answers, and the time spent waiting; failover happens only here.
@@ -72,7 +93,10 @@ class Upstreams:
                 raise  # busy generating, or it answered something malformed (502): not a connection failure
             except aiohttp.ClientError as exc:  # no response from this replica: try the next one
                 wait += time.perf_counter() - t_up
-                breakers.failure(url, refused=isinstance(exc, aiohttp.ClientConnectorError))
+                refused = isinstance(exc, aiohttp.ClientConnectorError)
+                breakers.failure(url, refused=refused)
+                if not refused:
+                    self.probe_soon(url)
                 last_exc = exc
                 continue
             wait += time.perf_counter() - t_up

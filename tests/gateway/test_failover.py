@@ -211,3 +211,25 @@ async def test_killing_a_replica_process_under_load_loses_no_request(settings: S
             if s.poll() is None:
                 os.killpg(s.pid, signal.SIGKILL)
             s.wait(10)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_dropped_connection_is_followed_by_a_probe_that_opens_a_dead_replica(
+        settings: Settings, fake: FakeUpstream, second: FakeUpstream) -> None:
+    """A replica that dies mid-request drops the connection (one failure, below the threshold); the gateway
+    knocks on it at once and, finding nothing listening, opens its breaker without waiting for more failures."""
+    fake.mode = "hang"
+    async with running_gateway(_two(settings, fake, second)) as (gw, url), aiohttp.ClientSession() as client:
+        breakers = gw.upstreams.breakers
+        pending = [asyncio.create_task(client.post(url + CHAT, json=BODY)) for _ in range(2)]
+        for _ in range(200):  # one of the two is held by the hanging replica
+            if fake.requests:
+                break
+            await asyncio.sleep(0.01)
+        await fake.stop()  # the replica's process goes: listener closed, the held request's connection dropped
+        assert [(await r).status for r in pending] == [200, 200]  # the dropped one retried on the other
+        for _ in range(100):
+            if not breakers.up(fake.url):
+                break
+            await asyncio.sleep(0.01)
+        assert not breakers.up(fake.url) and breakers.state[fake.url].failures >= breakers.threshold
