@@ -27,12 +27,19 @@ from sqlalchemy import delete, select, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from careloop.core.schema import AdapterEvent, Exchange, RetrainRun, TriggerEvent, Verdict, utcnow
+from careloop.core.schema import (
+    FINISHED_RUN_STATES,
+    AdapterEvent,
+    Exchange,
+    RetrainRun,
+    TriggerEvent,
+    Verdict,
+    utcnow,
+)
 from careloop.core.settings import RetentionSettings
 
 log = logging.getLogger("careloop.retention")
 HUMAN = "human"  # the judge name of a person's label (careloop/monitor/review.py)
-FINISHED_RUNS = ("succeeded", "failed", "aborted")
 
 
 @dataclass
@@ -117,7 +124,7 @@ def purge(engine: Engine, r: RetentionSettings, now: datetime | None = None,
             t_id, t_created = col(table.id), col(table.created_at)  # type: ignore[attr-defined]
             audit_pick: Any = select(t_id).where(t_created < cutoff)
             if table is RetrainRun:
-                audit_pick = audit_pick.where(col(RetrainRun.status).in_(FINISHED_RUNS))
+                audit_pick = audit_pick.where(col(RetrainRun.status).in_(FINISHED_RUN_STATES))
 
             def drop_audit(conn: Any, ids: list[Any], table: Any = table, t_id: Any = t_id) -> int:
                 return int(conn.execute(delete(table).where(t_id.in_(ids))).rowcount)

@@ -15,15 +15,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from careloop.core import audit_trail, registry
-from careloop.core.schema import Adapter, RetrainRun, TriggerEvent
+from careloop.core.schema import ACTIVE_RUN_STATES, Adapter, RetrainRun, TriggerEvent
 from careloop.core.store import live_adapters
 from careloop.gateway.asgi import Receive, Scope, Send, header, read_body, send_bytes
 from careloop.gateway.errors import GatewayError, bad_request, not_found
 
 if TYPE_CHECKING:
     from careloop.gateway.app import Gateway
-
-ACTIVE_RUN_STATES = ("requested", "pending", "running")
 
 
 def adapter_dict(a: Adapter) -> dict[str, Any]:
@@ -91,7 +89,7 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> Non
             if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
                 raise bad_request("'fraction' (a number in [0, 1]) is required", "invalid_type", "fraction")
             reason = _str_field(data, "reason", "set by an operator")
-            row = await asyncio.to_thread(_canary, engine, parts[1], float(fraction), reason)
+            row = await asyncio.to_thread(registry.set_canary, engine, parts[1], float(fraction), "operator", reason)
             await _audit(engine, "canary", row.name, reason, fraction=float(fraction))
             await _reply(send, 200, {"adapter": adapter_dict(row), **await _refresh(gw)})
         elif method == "POST" and parts == ["rollback"]:
@@ -136,13 +134,6 @@ async def _refresh(gw: Gateway) -> dict[str, Any]:
         return {"routes": gw.status()["routes"],
                 "warning": f"recorded, but vLLM could not be reconciled yet ({exc}); retrying in the background"}
     return {"routes": gw.status()["routes"]}
-
-
-def _canary(engine: Engine, name: str, fraction: float, reason: str) -> Adapter:
-    row = registry.get_adapter(engine, name)
-    if row is not None and row.status == "canary":
-        return registry.set_canary_fraction(engine, name, fraction, actor="operator", reason=reason)
-    return registry.start_canary(engine, name, fraction, actor="operator", reason=reason)
 
 
 def request_retrain(engine: Engine, reason: str, backend: str = "local") -> tuple[int, dict[str, Any]]:

@@ -17,8 +17,9 @@ from careloop.core.settings import Settings
 from careloop.core.store import make_engine
 from careloop.gateway import telemetry
 from careloop.monitor.judges.base import Judge
-from careloop.monitor.launcher import Launcher, RetrainSupervisor
+from careloop.monitor.launcher import Launcher
 from careloop.monitor.metrics import MonitorMetrics
+from careloop.monitor.supervisor import RetrainSupervisor
 from careloop.monitor.triggers import TriggerEngine
 from careloop.monitor.windows import WindowSet
 from careloop.monitor.worker import CycleReport, JudgeWorker, new_worker_id, queue_depth
@@ -116,8 +117,7 @@ class MonitorService:
         try:
             for _ in range(max_batches):
                 report = await self.worker.run_once()
-                for key in ("claimed", "verdicts", "done", "released", "failed", "skipped"):
-                    setattr(total, key, getattr(total, key) + getattr(report, key))
+                total.add(report)
                 if report.claimed < self.worker.batch_size:
                     break
         except Exception as exc:
@@ -287,8 +287,3 @@ async def serve(settings: Settings, service: MonitorService | None = None,
         await service.aclose()
         if settings.telemetry.otlp_endpoint:
             telemetry.shutdown()
-
-
-def run_monitor(settings: Settings, **kwargs: Any) -> None:
-    """Run the monitor in this process (blocks; Ctrl-C or SIGTERM stops it)."""
-    asyncio.run(serve(settings, **kwargs))

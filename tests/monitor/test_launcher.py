@@ -14,17 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from careloop.core.schema import RetrainRun, TriggerEvent, utcnow
+from careloop.core.schema import RETRAIN_LEASE, RetrainRun, TriggerEvent, utcnow
 from careloop.core.settings import Settings
 from careloop.core.store import acquire_lease, lease_holder, session_scope
-from careloop.monitor.launcher import (
-    RETRAIN_LEASE,
-    KubernetesLauncher,
-    LocalLauncher,
-    RetrainSupervisor,
-    make_launcher,
-)
+from careloop.monitor.launcher import KubernetesLauncher, LocalLauncher, make_launcher
 from careloop.monitor.metrics import MonitorMetrics
+from careloop.monitor.supervisor import RetrainSupervisor
 from tests.conftest import free_port
 from tests.monitor._monitor_fixtures import ServerThread, store
 

@@ -10,7 +10,8 @@ from careloop.core.schema import Exchange, Verdict
 from careloop.core.settings import Settings
 from careloop.core.store import init_db, live_adapters, make_engine, session_scope
 from careloop.gateway.routing import Routes, choose
-from careloop.retrain.canary import CanaryPolicy, decide, figures_of, run_canary
+from careloop.retrain.canary import CanaryPolicy, decide, figures_of
+from careloop.retrain.rollout import roll_out
 from careloop.retrain.stats import current_look, look_schedule
 
 POLICY = CanaryPolicy(min_verdicts=30, overall_margin=0.10, err_margin=0.10, max_error_rate=0.02, early_verdicts=10,
@@ -122,7 +123,7 @@ def test_good_canary_steps_through_and_is_promoted(settings: Settings) -> None:
         _add_traffic(engine, "m-safety-v2", "canary", good[fed:fed + 10])
         fed += 10
 
-    out = run_canary(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
+    out = roll_out(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
     assert out.outcome == "promoted", out.reason
     stable, canary = live_adapters(engine)  # type: ignore[arg-type]
     assert stable is not None and stable.name == "m-safety-v2" and canary is None
@@ -143,7 +144,7 @@ def test_bad_canary_is_rolled_back_and_stable_traffic_is_unaffected(settings: Se
         _add_traffic(engine, "m-safety-v2", "canary", bad[fed:fed + 10])
         fed += 10
 
-    out = run_canary(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
+    out = roll_out(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
     assert out.outcome == "rolled_back"
     assert fed < 60  # rolled back early, before all verdicts were in
     stable, canary = live_adapters(engine)  # type: ignore[arg-type]
@@ -158,7 +159,7 @@ def test_bad_canary_is_rolled_back_and_stable_traffic_is_unaffected(settings: Se
 
 def test_no_decision_within_timeout_rolls_back(settings: Settings) -> None:
     engine = _setup(settings)
-    out = run_canary(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=0,  # type: ignore[arg-type]
+    out = roll_out(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=0,  # type: ignore[arg-type]
                      sleep=lambda _s: None)
     assert out.outcome == "rolled_back" and out.reason.startswith("timeout")
 
@@ -169,5 +170,5 @@ def test_operator_decision_during_canary_ends_the_analysis(settings: Settings) -
     def sleep(_s: float) -> None:
         registry.promote(engine, "m-safety-v2", actor="operator", reason="looks fine")  # type: ignore[arg-type]
 
-    out = run_canary(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
+    out = roll_out(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
     assert out.outcome == "promoted" and out.reason.startswith("operator")
