@@ -115,7 +115,7 @@ def roll_out_run(settings: Settings, report: RunReport, *,
         finish_run(engine, report.run_id, status=status, outcome=report.outcome, report=report.as_dict(),
                    error=error)
         engine.dispose()
-        telemetry.record_span("canary", started_ns, time.time_ns(), {
+        telemetry.record_span("retrain rollout", started_ns, time.time_ns(), {
             "careloop.run_id": report.run_id, "careloop.outcome": report.outcome, "careloop.adapter": name},
             error=error)
     return report
