@@ -135,7 +135,7 @@ def run_retrain(settings: Settings, *, run_id: int | None = None, cycles: int | 
 
 
 @dataclass
-class Cycles:
+class CycleInputs:
     """What every cycle of a run shares: its settings, judge, material and baseline."""
 
     settings: Settings
@@ -181,8 +181,8 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
     report.baseline = base_eval.summary()
     say(f"baseline {base_target}: SS {base_eval.safety_score:.3f} ERR {base_eval.err:.3f} "
         f"F1 {base_eval.f1:.3f} Overall {base_eval.overall:.3f}")
-    ctx = Cycles(settings, rid, run_dir, judge, say, traffic, data, base_eval, references_of(settings, data.excluded),
-                 max_steps, progress)
+    ctx = CycleInputs(settings, rid, run_dir, judge, say, traffic, data, base_eval,
+                      references_of(settings, data.excluded), max_steps, progress)
     n_cycles = cycles or rs.max_cycles
     prev_adapter: Path | None = Path(stable_path) if stable_path else None
     policy_model = base_target
@@ -225,7 +225,7 @@ def _material(settings: Settings, engine: Engine, report: RunReport, run_dir: Pa
     return traffic, data
 
 
-def _cycle_sets(ctx: Cycles, report: RunReport, cycle: int, policy_model: str, clock: PhaseClock
+def _cycle_sets(ctx: CycleInputs, report: RunReport, cycle: int, policy_model: str, clock: PhaseClock
                 ) -> tuple[list[KTOExample], list[DPOPair], int]:
     """One cycle's KTO set and DPO pairs, and how many pairs it could have had (before the caps)."""
     rs, data = ctx.settings.retrain, ctx.data
@@ -254,7 +254,7 @@ def _cycle_sets(ctx: Cycles, report: RunReport, cycle: int, policy_model: str, c
     return examples, pairs, available
 
 
-def _cycle(ctx: Cycles, report: RunReport, cycle: int, n_cycles: int, policy_model: str,
+def _cycle(ctx: CycleInputs, report: RunReport, cycle: int, n_cycles: int, policy_model: str,
            prev_adapter: Path | None) -> CycleRecord | None:
     """One KTO→DPO cycle, validated; its record (added to the report), or None without enough KTO examples."""
     from careloop.retrain.train import train_dpo, train_kto
