@@ -5,7 +5,7 @@ real decision rule (`retrain.canary.decide`), side by side with the previous rel
 
 Each scenario draws verdicts from a true distribution of response classes per harm level (the demo's traffic:
 60% harmless, 40% harmful), a stable window of `--window` verdicts and canary verdicts arriving `--batch` at a
-time through the canary's steps, exactly as `run_canary` polls. Prints a table (P(rollback), P(promote), mean
+time through the canary's steps, exactly as `rollout.roll_out` polls. Prints a table (P(rollback), P(promote), mean
 canary verdicts to the decision) and writes a plot next to the JSON under --out.
 """
 

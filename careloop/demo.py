@@ -15,7 +15,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from careloop.core.schema import Adapter, AdapterEvent, Exchange, RetrainRun, TriggerEvent, Verdict
+from careloop.core.schema import (
+    FINISHED_RUN_STATES,
+    STARTED_RUN_STATES,
+    Adapter,
+    AdapterEvent,
+    AdapterStatus,
+    Exchange,
+    RetrainRun,
+    RunStatus,
+    TriggerEvent,
+    Verdict,
+)
 from careloop.core.settings import Settings
 
 
@@ -46,8 +57,8 @@ def loop_state(engine: Engine) -> dict[str, Any]:
     """What the store says about the loop right now."""
     with Session(engine) as s:
         run = s.exec(select(RetrainRun).order_by(RetrainRun.id.desc())).first()  # type: ignore[union-attr]
-        canary = s.exec(select(Adapter).where(Adapter.status == "canary")).first()
-        stable = s.exec(select(Adapter).where(Adapter.status == "stable")).first()
+        canary = s.exec(select(Adapter).where(Adapter.status == AdapterStatus.CANARY)).first()
+        stable = s.exec(select(Adapter).where(Adapter.status == AdapterStatus.STABLE)).first()
         decision = s.exec(select(AdapterEvent).where(AdapterEvent.action.in_(["promote", "rollback"]))  # type: ignore[attr-defined]
                           .order_by(AdapterEvent.id.desc())).first()  # type: ignore[union-attr]
         triggers = s.exec(select(func.count()).select_from(TriggerEvent)
@@ -141,7 +152,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
                 state = loop_state(engine)
                 run = state["run"]
                 progress.update(task, description=f"realignment · {_run_phase(run)}")
-                if run is not None and run.status in ("succeeded", "failed", "aborted"):
+                if run is not None and run.status in FINISHED_RUN_STATES:
                     break
                 if state["canary"] is not None:
                     break
@@ -149,7 +160,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
                     raise TimeoutError("the realignment did not finish within the demo's time limit")
                 time.sleep(3)
         state = loop_state(engine)
-        if state["canary"] is not None or (state["run"] and state["run"].status == "running"):
+        if state["canary"] is not None or (state["run"] and state["run"].status in STARTED_RUN_STATES):
             timeline.mark("canary")
             with _bar(console, "canary on live traffic", None) as (progress, task):
                 rounds = 0
@@ -171,7 +182,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             run = loop_state(engine)["run"]
-            if run is None or run.status != "running":
+            if run is None or run.status not in STARTED_RUN_STATES:
                 break
             time.sleep(2)
         timeline.mark("after")
@@ -200,7 +211,7 @@ def demo_result(report: dict[str, Any]) -> tuple[bool, str]:
         return False, str(report["timeout"])
     if not run:
         return False, "no realignment was triggered"
-    if run.get("status") == "failed":
+    if run.get("status") == RunStatus.FAILED:
         error = str((run.get("report") or {}).get("error") or run.get("error") or "see its report")
         return False, f"retrain run {run.get('id')} failed: {error.splitlines()[0][:300]}"
     if run.get("outcome") in ("no_checkpoint", "no_gain"):
@@ -218,7 +229,8 @@ def demo_result(report: dict[str, Any]) -> tuple[bool, str]:
 def _canary_pending(state: dict[str, Any]) -> bool:
     """Whether a canary is still being analysed (no promote/rollback yet while the run goes on)."""
     run = state["run"]
-    return state["decision"] is None and (state["canary"] is not None or (run is not None and run.status == "running"))
+    return state["decision"] is None and (state["canary"] is not None
+                                          or (run is not None and run.status in STARTED_RUN_STATES))
 
 
 def _heldout_medical(settings: Settings) -> set[str]:

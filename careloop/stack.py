@@ -70,7 +70,7 @@ def stop_local_runs(settings: Settings) -> list[int]:
     """SIGTERM the local retrain processes this home's monitor started (they mark themselves failed on exit)."""
     from sqlmodel import Session, select
 
-    from careloop.core.schema import RetrainRun
+    from careloop.core.schema import STARTED_RUN_STATES, RetrainRun
     from careloop.core.store import make_engine
 
     stopped: list[int] = []
@@ -78,7 +78,7 @@ def stop_local_runs(settings: Settings) -> list[int]:
         engine = make_engine(settings.database_url or "")
         with Session(engine) as session:
             runs = session.exec(select(RetrainRun).where(RetrainRun.backend == "local",
-                                                         RetrainRun.status.in_(["pending", "running"]))).all()  # type: ignore[attr-defined]
+                                                         RetrainRun.status.in_(STARTED_RUN_STATES))).all()  # type: ignore[attr-defined]
         engine.dispose()
     except Exception:  # no store yet, or it is gone: nothing of ours runs
         return stopped

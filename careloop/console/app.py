@@ -38,6 +38,7 @@ from careloop.console.web import Denied, SecurityHeaders, json_refusal, local_pa
 from careloop.core import audit_trail, registry
 from careloop.core.admin_auth import bearer_ok
 from careloop.core.audit_trail import Actor
+from careloop.core.schema import LIVE_ADAPTER_STATES, AdapterStatus
 from careloop.core.settings import Settings
 from careloop.monitor.review import ReviewError
 
@@ -233,8 +234,8 @@ class Console:
         waiting = {a.name for a in rows
                    if evidence.awaiting_approval(registry.adapter_events(self.engine, a.name, 20), a.status)}
         return self.render("adapters.html", who, children=children, waiting=waiting, count=len(rows),
-                           stable=next((a for a in rows if a.status == "stable"), None),
-                           canary=next((a for a in rows if a.status == "canary"), None),
+                           stable=next((a for a in rows if a.status == AdapterStatus.STABLE), None),
+                           canary=next((a for a in rows if a.status == AdapterStatus.CANARY), None),
                            base_model=self.settings.base_model)
 
     def adapter(self, request: Request, who: Principal) -> Response:
@@ -243,7 +244,7 @@ class Console:
         if ev is None:
             raise Denied(404, f"no adapter named {request.path_params['name']!r}", "adapter_not_found")
         stable, canary = (next((a for a in registry.list_adapters(self.engine) if a.status == s), None)
-                          for s in ("stable", "canary"))
+                          for s in (AdapterStatus.STABLE, AdapterStatus.CANARY))
         return self.render("adapter.html", who, ev=ev, can_approve=who.user.can("approver"),
                            stable=stable, canary=canary)
 
@@ -285,8 +286,8 @@ class Console:
     def rollback(self, request: Request, who: Principal, form: dict[str, str]) -> Response:
         """Roll back the live canary, or with none the stable adapter (confirmed by typing its name)."""
         reason = self._reason(form)
-        live = {a.status: a.name for a in registry.list_adapters(self.engine) if a.status in ("stable", "canary")}
-        target = live.get("canary") or live.get("stable")
+        live = {a.status: a.name for a in registry.list_adapters(self.engine) if a.status in LIVE_ADAPTER_STATES}
+        target = live.get(AdapterStatus.CANARY) or live.get(AdapterStatus.STABLE)
         if target is None:
             raise Denied(409, "nothing to roll back: the base model serves", "conflict")
         if form.get("confirm", "").strip() != target:

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from careloop.core import registry
-from careloop.core.schema import Adapter, AdapterEvent, RetrainRun
+from careloop.core.schema import Adapter, AdapterEvent, AdapterStatus, RetrainRun
 
 CANARY_ACTIONS = ("canary", "step", "await_approval", "promote", "rollback")
 
@@ -64,7 +64,7 @@ class Evidence:
 def awaiting_approval(events: list[AdapterEvent], status: str) -> bool:
     """A canary whose analysis passed and waits for a person (`require_approval`)."""
     latest = next((e for e in events if e.action in CANARY_ACTIONS), None)  # events are newest first
-    return status == "canary" and latest is not None and latest.action == "await_approval"
+    return status == AdapterStatus.CANARY and latest is not None and latest.action == "await_approval"
 
 
 def lineage(adapters: dict[str, Adapter], name: str) -> list[str]:
@@ -157,6 +157,6 @@ def approve(engine: Engine, name: str, actor: str, reason: str) -> Adapter:
 def reject(engine: Engine, name: str, actor: str, reason: str) -> str | None:
     """Roll back a canary that waits for approval (or any live canary)."""
     row = registry.get_adapter(engine, name)
-    if row is None or row.status != "canary":
+    if row is None or row.status != AdapterStatus.CANARY:
         raise ActionError(f"{name} is not the live canary")
     return registry.rollback(engine, actor=actor, reason=reason)

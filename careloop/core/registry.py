@@ -14,10 +14,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from careloop.core.schema import Adapter, AdapterEvent, utcnow
+from careloop.core.schema import Adapter, AdapterEvent, AdapterStatus, utcnow
 from careloop.core.store import is_sqlite
-
-LIVE = ("stable", "canary")
 
 
 class RegistryError(ValueError):
@@ -67,7 +65,8 @@ def register_adapter(
         if session.get(Adapter, name) is not None:
             raise RegistryError(f"adapter {name!r} already exists; adapter names are never reused")
         row = Adapter(name=name, path=str(path), base_model=base_model, version=version, parent=parent,
-                      run_id=run_id, data_counts=data_counts or {}, metrics=metrics or {}, status="candidate")
+                      run_id=run_id, data_counts=data_counts or {}, metrics=metrics or {},
+                      status=AdapterStatus.CANDIDATE)
         session.add(row)
         _event(session, name, "register", actor, "", {"path": str(path), "version": version,
                                                       "parent": parent, "run_id": run_id,
@@ -76,40 +75,37 @@ def register_adapter(
         return row
 
 
-def start_canary(engine: Engine, name: str, fraction: float, actor: str = "auto", reason: str = "",
-                 figures: dict[str, Any] | None = None) -> Adapter:
-    """Make a candidate the canary at `fraction` of users (fails while another canary is live)."""
+def set_canary(engine: Engine, name: str, fraction: float, actor: str = "auto", reason: str = "",
+               figures: dict[str, Any] | None = None) -> Adapter:
+    """Make a candidate the canary at `fraction` of users, or move the live canary to `fraction` (a step).
+
+    A candidate cannot become the canary while another canary is live.
+    """
     _check_fraction(fraction)
     with Session(engine, expire_on_commit=False) as session:
         _lock(session, engine)
         row = _get(session, name)
-        if row.status != "candidate":
-            raise RegistryError(f"{name} is {row.status}; only a candidate can start a canary")
-        other = session.exec(select(Adapter).where(Adapter.status == "canary")).first()
-        if other is not None:
-            raise RegistryError(f"{other.name} is already the canary; promote or roll it back first")
-        row.status, row.canary_fraction, row.updated_at = "canary", fraction, utcnow()
+        if row.status not in (AdapterStatus.CANDIDATE, AdapterStatus.CANARY):
+            raise RegistryError(f"{name} is {row.status}; only a candidate or the canary can take a canary share")
+        if row.status == AdapterStatus.CANDIDATE:
+            other = session.exec(select(Adapter).where(Adapter.status == AdapterStatus.CANARY)).first()
+            if other is not None:
+                raise RegistryError(f"{other.name} is already the canary; promote or roll it back first")
+            action, event_figures = "canary", {"fraction": fraction}
+        else:
+            action, event_figures = "step", {"from": row.canary_fraction, "fraction": fraction}
+        row.status, row.canary_fraction, row.updated_at = AdapterStatus.CANARY, fraction, utcnow()
         session.add(row)
-        _event(session, name, "canary", actor, reason, {"fraction": fraction, **(figures or {})})
+        _event(session, name, action, actor, reason, {**event_figures, **(figures or {})})
         session.commit()
         return row
 
 
-def set_canary_fraction(engine: Engine, name: str, fraction: float, actor: str = "auto", reason: str = "",
-                        figures: dict[str, Any] | None = None) -> Adapter:
-    """Move the live canary to a new traffic fraction (a canary step)."""
-    _check_fraction(fraction)
-    with Session(engine, expire_on_commit=False) as session:
-        _lock(session, engine)
-        row = _get(session, name)
-        if row.status != "canary":
-            raise RegistryError(f"{name} is {row.status}, not the canary")
-        old = row.canary_fraction
-        row.canary_fraction, row.updated_at = fraction, utcnow()
-        session.add(row)
-        _event(session, name, "step", actor, reason, {"from": old, "fraction": fraction, **(figures or {})})
+def await_approval(engine: Engine, name: str, reason: str, figures: dict[str, Any] | None = None) -> None:
+    """Record that the canary `name` passed and waits for an operator to promote it (it stays the canary)."""
+    with Session(engine) as session:
+        _event(session, name, "await_approval", "auto", reason, figures)
         session.commit()
-        return row
 
 
 def promote(engine: Engine, name: str, actor: str = "auto", reason: str = "",
@@ -118,16 +114,16 @@ def promote(engine: Engine, name: str, actor: str = "auto", reason: str = "",
     with Session(engine, expire_on_commit=False) as session:
         _lock(session, engine)
         row = _get(session, name)
-        if row.status not in ("candidate", "canary", "retired"):
+        if row.status not in (AdapterStatus.CANDIDATE, AdapterStatus.CANARY, AdapterStatus.RETIRED):
             raise RegistryError(f"{name} is {row.status}; only a candidate, canary or retired adapter "
                                 "can be promoted")
         now = utcnow()
-        old = session.exec(select(Adapter).where(Adapter.status == "stable")).first()
+        old = session.exec(select(Adapter).where(Adapter.status == AdapterStatus.STABLE)).first()
         if old is not None and old.name != name:
-            old.status, old.updated_at = "retired", now
+            old.status, old.updated_at = AdapterStatus.RETIRED, now
             session.add(old)
             _event(session, old.name, "retire", actor, f"replaced by {name}", {"replaced_by": name})
-        row.status, row.canary_fraction, row.updated_at, row.promoted_at = "stable", 0.0, now, now
+        row.status, row.canary_fraction, row.updated_at, row.promoted_at = AdapterStatus.STABLE, 0.0, now, now
         session.add(row)
         _event(session, name, "promote", actor, reason,
                {"previous": old.name if old is not None else None, **(figures or {})})
@@ -145,30 +141,30 @@ def rollback(engine: Engine, actor: str = "auto", reason: str = "",
     with Session(engine, expire_on_commit=False) as session:
         _lock(session, engine)
         now = utcnow()
-        canary = session.exec(select(Adapter).where(Adapter.status == "canary")).first()
+        canary = session.exec(select(Adapter).where(Adapter.status == AdapterStatus.CANARY)).first()
         if canary is not None:
-            canary.status, canary.canary_fraction, canary.updated_at = "rolled_back", 0.0, now
+            canary.status, canary.canary_fraction, canary.updated_at = AdapterStatus.ROLLED_BACK, 0.0, now
             session.add(canary)
-            _event(session, canary.name, "rollback", actor, reason, {"was": "canary", **(figures or {})})
+            _event(session, canary.name, "rollback", actor, reason, {"was": AdapterStatus.CANARY, **(figures or {})})
             session.commit()
             return canary.name
-        stable = session.exec(select(Adapter).where(Adapter.status == "stable")).first()
+        stable = session.exec(select(Adapter).where(Adapter.status == AdapterStatus.STABLE)).first()
         if stable is None:
             return None
-        stable.status, stable.updated_at = "rolled_back", now
+        stable.status, stable.updated_at = AdapterStatus.ROLLED_BACK, now
         session.add(stable)
         previous = session.exec(
-            select(Adapter).where(Adapter.status == "retired", Adapter.promoted_at.is_not(None))  # type: ignore[union-attr]
+            select(Adapter).where(Adapter.status == AdapterStatus.RETIRED, Adapter.promoted_at.is_not(None))  # type: ignore[union-attr]
             .order_by(Adapter.promoted_at.desc())  # type: ignore[union-attr]
         ).first()
         restored = previous.name if previous is not None else None
         if previous is not None:
-            previous.status, previous.updated_at = "stable", now
+            previous.status, previous.updated_at = AdapterStatus.STABLE, now
             session.add(previous)
             _event(session, previous.name, "restore", actor, f"{stable.name} rolled back",
                    {"replaces": stable.name})
         _event(session, stable.name, "rollback", actor, reason,
-               {"was": "stable", "restored": restored or "base", **(figures or {})})
+               {"was": AdapterStatus.STABLE, "restored": restored or "base", **(figures or {})})
         session.commit()
         return stable.name
 

@@ -36,13 +36,21 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import col
 
-from careloop.core.schema import AdapterEvent, Exchange, RetrainRun, ReviewSample, TriggerEvent, Verdict, utcnow
+from careloop.core.schema import (
+    FINISHED_RUN_STATES,
+    AdapterEvent,
+    Exchange,
+    RetrainRun,
+    ReviewSample,
+    TriggerEvent,
+    Verdict,
+    utcnow,
+)
 from careloop.core.settings import RetentionSettings
 from careloop.core.store import is_sqlite
 
 log = logging.getLogger("careloop.retention")
 HUMAN = "human"  # the judge name of a person's label (careloop/monitor/review.py)
-FINISHED_RUNS = ("succeeded", "failed", "aborted")
 DAYS_AHEAD = 7  # day partitions created ahead of today on each run
 LOCK_TIMEOUT_MS = 200  # the longest an insert waits behind one partition change
 LOCK_TRIES = 25  # attempts at a partition change that keeps timing out on its lock
@@ -227,7 +235,7 @@ def purge(engine: Engine, r: RetentionSettings, now: datetime | None = None,
             t_id, t_created = col(table.id), col(table.created_at)  # type: ignore[attr-defined]
             audit_pick: Any = select(t_id).where(t_created < cutoff)
             if table is RetrainRun:
-                audit_pick = audit_pick.where(col(RetrainRun.status).in_(FINISHED_RUNS))
+                audit_pick = audit_pick.where(col(RetrainRun.status).in_(FINISHED_RUN_STATES))
 
             def drop_audit(conn: Any, ids: list[Any], table: Any = table, t_id: Any = t_id) -> int:
                 return int(conn.execute(delete(table).where(t_id.in_(ids))).rowcount)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
@@ -12,6 +13,41 @@ from sqlmodel import Field, SQLModel
 def utcnow() -> datetime:
     """Aware UTC now: what every timestamp column holds."""
     return datetime.now(UTC)
+
+
+class AdapterStatus(StrEnum):
+    """Where an adapter stands: candidate → canary → stable → retired, or rolled_back (stored as its value)."""
+
+    CANDIDATE = "candidate"
+    CANARY = "canary"
+    STABLE = "stable"
+    RETIRED = "retired"
+    ROLLED_BACK = "rolled_back"
+
+
+class RunStatus(StrEnum):
+    """Where a retrain run stands (stored as its value).
+
+    requested (by an operator) → pending (started) → running (training, under the retrain lease) →
+    rolling_out (its candidate in canary, the lease given back) → succeeded | failed | aborted.
+    """
+
+    REQUESTED = "requested"
+    PENDING = "pending"
+    RUNNING = "running"
+    ROLLING_OUT = "rolling_out"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+LIVE_ADAPTER_STATES = (AdapterStatus.STABLE, AdapterStatus.CANARY)  # adapters that take traffic
+DEAD_ADAPTER_STATES = (AdapterStatus.ROLLED_BACK, AdapterStatus.RETIRED)  # adapters that must not stay loaded
+TRAINING_RUN_STATES = (RunStatus.PENDING, RunStatus.RUNNING)  # started runs that hold the retrain lease
+STARTED_RUN_STATES = (*TRAINING_RUN_STATES, RunStatus.ROLLING_OUT)  # runs with a process: one at a time
+ACTIVE_RUN_STATES = (RunStatus.REQUESTED, *STARTED_RUN_STATES)  # runs not finished (a request waits behind them)
+FINISHED_RUN_STATES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.ABORTED)
+RETRAIN_LEASE = "retrain"  # the store lease a run trains under (one training at a time across replicas)
 
 
 class Exchange(SQLModel, table=True):
@@ -99,7 +135,7 @@ class RetrainRun(SQLModel, table=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     heartbeat_at: datetime | None = None
-    status: str = Field(default="pending", max_length=16, index=True)  # pending|running|succeeded|failed|aborted
+    status: str = Field(default=RunStatus.PENDING, max_length=16, index=True)  # a RunStatus
     outcome: str | None = Field(default=None, max_length=32)  # promoted|rolled_back|no_gain|failed|...
     trigger_event_id: int | None = None
     backend: str = Field(default="local", max_length=32)
@@ -123,8 +159,7 @@ class Adapter(SQLModel, table=True):
     version: int = 0
     data_counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    # candidate → canary → stable → retired, or rolled_back
-    status: str = Field(default="candidate", max_length=16, index=True)
+    status: str = Field(default=AdapterStatus.CANDIDATE, max_length=16, index=True)  # an AdapterStatus
     canary_fraction: float = 0.0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

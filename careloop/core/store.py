@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from careloop.core.schema import Adapter, AdapterEvent, Exchange, Lease, utcnow
+from careloop.core.schema import LIVE_ADAPTER_STATES, Adapter, AdapterStatus, Exchange, Lease, utcnow
 
 
 def normalize_url(url: str) -> str:
@@ -97,20 +97,10 @@ def insert_exchanges(engine: Engine, rows: Iterable[dict[str, Any]]) -> int:
 def live_adapters(engine: Engine) -> tuple[Adapter | None, Adapter | None]:
     """The stable and the canary adapter in the registry (None where there is none)."""
     with Session(engine) as session:
-        rows = session.exec(select(Adapter).where(Adapter.status.in_(["stable", "canary"]))).all()  # type: ignore[attr-defined]
-    stable = next((a for a in rows if a.status == "stable"), None)
-    canary = next((a for a in rows if a.status == "canary"), None)
+        rows = session.exec(select(Adapter).where(Adapter.status.in_(LIVE_ADAPTER_STATES))).all()  # type: ignore[attr-defined]
+    stable = next((a for a in rows if a.status == AdapterStatus.STABLE), None)
+    canary = next((a for a in rows if a.status == AdapterStatus.CANARY), None)
     return stable, canary
-
-
-def record_adapter_event(
-    engine: Engine, adapter: str, action: str, actor: str = "auto", reason: str = "",
-    figures: dict[str, Any] | None = None,
-) -> None:
-    """Record a registry decision with its figures."""
-    with session_scope(engine) as session:
-        session.add(AdapterEvent(adapter=adapter, action=action, actor=actor, reason=reason,
-                                 figures=figures or {}))
 
 
 def acquire_lease(engine: Engine, name: str, holder: str, ttl_s: float) -> bool:

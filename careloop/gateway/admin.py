@@ -15,14 +15,12 @@ from sqlmodel import Session, select
 
 from careloop.core import audit_trail, registry
 from careloop.core.admin_auth import admin_refusal
-from careloop.core.schema import Adapter, RetrainRun, TriggerEvent
+from careloop.core.schema import ACTIVE_RUN_STATES, Adapter, RetrainRun, TriggerEvent
 from careloop.core.store import live_adapters
 from careloop.gateway import keys_admin
 from careloop.gateway.asgi import Receive, Scope, Send, header, read_body, send_bytes
 from careloop.gateway.errors import GatewayError, bad_request, not_found
 from careloop.gateway.state import GatewayState
-
-ACTIVE_RUN_STATES = ("requested", "pending", "running")
 
 
 def adapter_dict(a: Adapter) -> dict[str, Any]:
@@ -86,7 +84,7 @@ async def handle(gw: GatewayState, scope: Scope, receive: Receive, send: Send) -
             if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
                 raise bad_request("'fraction' (a number in [0, 1]) is required", "invalid_type", "fraction")
             reason = _str_field(data, "reason", "set by an operator")
-            row = await asyncio.to_thread(_canary, engine, parts[1], float(fraction), reason)
+            row = await asyncio.to_thread(registry.set_canary, engine, parts[1], float(fraction), "operator", reason)
             await _audit(engine, "canary", row.name, reason, fraction=float(fraction))
             await _reply(send, 200, {"adapter": adapter_dict(row), **await _refresh(gw)})
         elif method == "POST" and parts == ["rollback"]:
@@ -129,13 +127,6 @@ async def _refresh(gw: GatewayState) -> dict[str, Any]:
         return {"routes": gw.status()["routes"],
                 "warning": f"recorded, but vLLM could not be reconciled yet ({exc}); retrying in the background"}
     return {"routes": gw.status()["routes"]}
-
-
-def _canary(engine: Engine, name: str, fraction: float, reason: str) -> Adapter:
-    row = registry.get_adapter(engine, name)
-    if row is not None and row.status == "canary":
-        return registry.set_canary_fraction(engine, name, fraction, actor="operator", reason=reason)
-    return registry.start_canary(engine, name, fraction, actor="operator", reason=reason)
 
 
 def request_retrain(engine: Engine, reason: str, backend: str = "local") -> tuple[int, dict[str, Any]]:

@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from careloop.core.schema import Adapter
+from careloop.core.schema import DEAD_ADAPTER_STATES, Adapter
 from careloop.core.store import live_adapters
 from careloop.gateway.routing import Routes
 
@@ -99,7 +99,7 @@ def read_registry(engine: Engine) -> RegistryView:
     stable, canary = live_adapters(engine)
     with Session(engine) as session:
         dead = tuple(session.exec(select(Adapter.name).where(
-            Adapter.status.in_(["rolled_back", "retired"]))).all())  # type: ignore[attr-defined]
+            Adapter.status.in_(DEAD_ADAPTER_STATES))).all())  # type: ignore[attr-defined]
     return RegistryView(stable=(stable.name, stable.path) if stable else None,
                         canary=(canary.name, canary.path) if canary else None,
                         canary_fraction=canary.canary_fraction if canary else 0.0, dead=dead)

@@ -17,8 +17,9 @@ from careloop.core.settings import Settings
 from careloop.core.store import acquire_lease, make_engine
 from careloop.gateway import telemetry
 from careloop.monitor.judges.base import Judge
-from careloop.monitor.launcher import Launcher, RetrainSupervisor
+from careloop.monitor.launcher import Launcher
 from careloop.monitor.metrics import MonitorMetrics
+from careloop.monitor.supervisor import RetrainSupervisor
 from careloop.monitor.triggers import TriggerEngine
 from careloop.monitor.windows import WindowSet
 from careloop.monitor.worker import CycleReport, JudgeWorker, new_worker_id, queue_depth
@@ -121,8 +122,7 @@ class MonitorService:
         try:
             for _ in range(max_batches):
                 report = await self.worker.run_once()
-                for key in ("claimed", "verdicts", "done", "released", "failed", "skipped"):
-                    setattr(total, key, getattr(total, key) + getattr(report, key))
+                total.add(report)
                 if report.claimed < self.worker.batch_size:
                     break
         except Exception as exc:

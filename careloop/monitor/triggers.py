@@ -19,9 +19,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from careloop.core.schema import RetrainRun, TriggerEvent
+from careloop.core.settings import Settings
 from careloop.core.store import acquire_lease, live_adapters, session_scope
-from careloop.monitor.launcher import RetrainSupervisor, record_event
 from careloop.monitor.metrics import MonitorMetrics
+from careloop.monitor.supervisor import RetrainSupervisor, record_event
 from careloop.monitor.windows import WindowFigures, WindowSet
 
 log = logging.getLogger("careloop.monitor.triggers")
@@ -58,7 +59,7 @@ class Check:
 class TriggerEngine:
     """Evaluates the rules, records breaches and decisions, and asks the supervisor for retrain runs."""
 
-    def __init__(self, engine: Engine, settings: Any, windows: WindowSet,
+    def __init__(self, engine: Engine, settings: Settings, windows: WindowSet,
                  supervisor: RetrainSupervisor | None, *, holder: str, metrics: MonitorMetrics | None = None,
                  stable_adapter: Callable[[], str] | None = None) -> None:
         self.engine = engine

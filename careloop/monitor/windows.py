@@ -19,6 +19,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.engine import Engine
 
 from careloop.core.schema import Verdict
+from careloop.core.settings import Settings
 from careloop.monitor.divergence import Divergence, PairWindow
 from careloop.monitor.scoring import MetricAccumulator, SafetyMetrics
 
@@ -138,7 +139,7 @@ class WindowSet:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, engine: Engine | None, settings: Any) -> WindowSet:
+    def from_settings(cls, engine: Engine | None, settings: Settings) -> WindowSet:
         """A window set configured by `settings.monitor`."""
         m = settings.monitor
         return cls(engine, window_count=m.window_count, window_seconds=m.window_seconds, alpha=m.alpha,

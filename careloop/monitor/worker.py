@@ -24,6 +24,7 @@ from sqlalchemy import Table, func, select, true, update
 from sqlalchemy.engine import Engine
 
 from careloop.core.schema import Exchange, Verdict, utcnow
+from careloop.core.settings import Settings
 from careloop.core.store import is_sqlite
 from careloop.gateway import telemetry
 from careloop.gateway.request_id import gateway_span_id
@@ -65,6 +66,11 @@ class CycleReport:
     failed: int = 0
     skipped: int = 0
     judge_errors: dict[str, str] = field(default_factory=dict)
+
+    def add(self, other: CycleReport) -> None:
+        """Count another cycle's figures into these (its judge errors are not carried over)."""
+        for key in ("claimed", "verdicts", "done", "released", "failed", "skipped"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
 
 
 def new_worker_id() -> str:
@@ -172,7 +178,7 @@ class JudgeWorker:
         self.totals = CycleReport()
 
     @classmethod
-    def from_settings(cls, engine: Engine, judges: Mapping[str, Judge], settings: Any,
+    def from_settings(cls, engine: Engine, judges: Mapping[str, Judge], settings: Settings,
                       metrics: MonitorMetrics | None = None) -> JudgeWorker:
         """A worker configured by `settings.monitor`."""
         m = settings.monitor
@@ -258,8 +264,7 @@ class JudgeWorker:
         await asyncio.to_thread(self._write, claimed, graded, report)
         if telemetry.enabled():
             verdict_spans(claimed, graded, graded_from, time.time_ns())
-        for key in ("claimed", "verdicts", "done", "released", "failed", "skipped"):
-            setattr(self.totals, key, getattr(self.totals, key) + getattr(report, key))
+        self.totals.add(report)
         return report
 
     def _write(self, claimed: Sequence[ClaimedExchange], graded: Mapping[str, Mapping[str, JudgeResult]],
@@ -331,8 +336,7 @@ class JudgeWorker:
         total = CycleReport()
         for _ in range(max_cycles):
             r = await self.run_once()
-            for key in ("claimed", "verdicts", "done", "released", "failed", "skipped"):
-                setattr(total, key, getattr(total, key) + getattr(r, key))
+            total.add(r)
             if not r.claimed:
                 break
         return total

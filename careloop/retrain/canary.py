@@ -1,16 +1,15 @@
-"""Canary analysis: route a growing share of users to the new adapter, compare its judged traffic with stable's,
-promote or roll back. Every decision is an AdapterEvent with its figures.
+"""Canary analysis: compare the canary's judged traffic with stable's and say whether to wait, advance, promote
+or roll back (`decide`). `careloop.retrain.rollout` acts on the decisions.
 
 The gateway's reconcile loop loads the canary into every vLLM replica and routes the canary fraction (sticky
 per user); the monitor's judge workers grade canary traffic at the higher canary sample rate. This module only
-reads verdicts and exchanges from the store and moves the registry.
+reads verdicts, exchanges and registry events from the store.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -227,17 +226,6 @@ def _event_time(engine: Engine, name: str, actions: tuple[str, ...]) -> datetime
         return ev.created_at if ev is not None else None
 
 
-@dataclass
-class CanaryOutcome:
-    """How a canary ended: promoted | rolled_back | awaiting_approval | timeout (rolled back)."""
-
-    adapter: str
-    outcome: str
-    reason: str
-    figures: dict[str, Any]
-    steps: list[float]
-
-
 def analyse_once(engine: Engine, settings: Settings, name: str, judge: str) -> Decision:
     """Figures for the live canary `name` against stable, and the decision they give (no registry change)."""
     policy = CanaryPolicy.from_settings(settings)
@@ -258,54 +246,3 @@ def analyse_once(engine: Engine, settings: Settings, name: str, judge: str) -> D
     last_step = canary_row.canary_fraction >= steps[-1] - 1e-9
     return decide(canary, stable, policy, last_step=last_step, require_approval=settings.retrain.require_approval,
                   step_verdicts=step, total_verdicts=total)
-
-
-def run_canary(engine: Engine, settings: Settings, name: str, judge: str, *, poll_s: float | None = None,
-               timeout_s: float | None = None, on_tick: Callable[[Decision], None] | None = None,
-               sleep: Callable[[float], None] = time.sleep) -> CanaryOutcome:
-    """Start `name` (a registered candidate) as the canary and step it through the settings' fractions.
-
-    Promotes after the last step passes (or waits for an operator with require_approval), rolls back at once
-    on worse figures or upstream errors, and rolls back when no decision is reached within the timeout.
-    """
-    rs = settings.retrain
-    steps = sorted(rs.canary_steps) or [1.0]
-    poll_s = rs.canary_poll_s if poll_s is None else poll_s
-    timeout_s = rs.canary_timeout_s if timeout_s is None else timeout_s
-    registry.start_canary(engine, name, steps[0], reason="canary analysis started",
-                          figures={"steps": steps, "judge": judge})
-    deadline = time.monotonic() + timeout_s
-    step = 0
-    last: Decision | None = None
-    while True:
-        row = registry.get_adapter(engine, name)
-        if row is None or row.status != "canary":  # an operator decided meanwhile
-            status = row.status if row is not None else "missing"
-            return CanaryOutcome(name, {"stable": "promoted"}.get(status, status), f"operator: {status}",
-                                 last.figures if last else {}, steps[: step + 1])
-        decision = analyse_once(engine, settings, name, judge)
-        last = decision
-        if on_tick is not None:
-            on_tick(decision)
-        if decision.action == "rollback":
-            registry.rollback(engine, reason=decision.reason, figures=decision.figures)
-            return CanaryOutcome(name, "rolled_back", decision.reason, decision.figures, steps[: step + 1])
-        if decision.action == "promote":
-            registry.promote(engine, name, reason=decision.reason, figures=decision.figures)
-            return CanaryOutcome(name, "promoted", decision.reason, decision.figures, steps[: step + 1])
-        if decision.action == "await_approval":
-            with Session(engine) as s:
-                s.add(AdapterEvent(adapter=name, action="await_approval", reason=decision.reason,
-                                   figures=decision.figures))
-                s.commit()
-            return CanaryOutcome(name, "awaiting_approval", decision.reason, decision.figures, steps[: step + 1])
-        if decision.action == "advance":
-            step += 1
-            registry.set_canary_fraction(engine, name, steps[step], reason=decision.reason,
-                                         figures=decision.figures)
-            continue
-        if time.monotonic() > deadline:
-            reason = f"timeout: no decision within {timeout_s:.0f} s ({decision.reason})"
-            registry.rollback(engine, reason=reason, figures=decision.figures)
-            return CanaryOutcome(name, "rolled_back", reason, decision.figures, steps[: step + 1])
-        sleep(poll_s)

@@ -39,16 +39,23 @@ def retrain(
 ) -> None:
     """Realign: KTO→DPO cycles on judged traffic, pick the best checkpoint, register, canary, promote/roll back."""
     from careloop.core.settings import load_settings
-    from careloop.retrain.run import RunError, run_retrain
+    from careloop.retrain.rollout import roll_out_run
+    from careloop.retrain.run import REGISTERED, RunError, run_retrain
 
     settings = load_settings()
     exit_on_sigterm()
+
+    def say(msg: str) -> None:
+        console.print(f"[bold cyan]retrain[/] {msg}")
+
     try:
         report = run_retrain(settings, run_id=run_id, cycles=cycles, canary=not no_canary, max_steps=max_steps,
-                             report_cb=lambda msg: console.print(f"[bold cyan]retrain[/] {msg}"))
+                             report_cb=say)
     except RunError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
+    if report.outcome == REGISTERED and not no_canary:
+        report = roll_out_run(settings, report, report_cb=say)
     from careloop.retrain.report import print_run_table, write_run_plot
 
     print_run_table(report.as_dict(), console)
@@ -123,6 +130,7 @@ def evaluate(
 def adapters_list() -> None:
     """Every adapter version: status, canary share, validation figures."""
     from careloop.core.registry import list_adapters
+    from careloop.core.schema import AdapterStatus
 
     rows = list_adapters(_engine())
     table = Table(title="adapters")
@@ -130,7 +138,7 @@ def adapters_list() -> None:
         table.add_column(col)
     for r in rows:
         m = r.metrics or {}
-        table.add_row(r.name, r.status, f"{r.canary_fraction:.0%}" if r.status == "canary" else "",
+        table.add_row(r.name, r.status, f"{r.canary_fraction:.0%}" if r.status == AdapterStatus.CANARY else "",
                       r.parent or "base", str(r.run_id or ""), _fmt(m.get("safety_score")), _fmt(m.get("err")),
                       _fmt(m.get("overall")), r.created_at.isoformat(timespec="seconds"))
     Console().print(table)

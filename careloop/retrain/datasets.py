@@ -199,11 +199,6 @@ def load_borderline_items() -> list[PromptItem]:
     return [PromptItem(r["prompt"], 0, "borderline") for r in _read_jsonl(BORDERLINE_FILE)]
 
 
-def evaluation_only_prompts(data_dir: Path) -> set[str]:
-    """Normalized prompts that must never be trained on (XSTest: an over-refusal evaluation set)."""
-    return {normalize_prompt(r["prompt"]) for r in _read_jsonl(data_dir / "xstest" / "prompts.jsonl")}
-
-
 def xstest_items(data_dir: Path, label: str = "safe") -> list[PromptItem]:
     """XSTest prompts with the given label ('safe' → harm level 0, 'unsafe' → 3); evaluation only."""
     return [PromptItem(r["prompt"], 0 if label == "safe" else 3, "xstest")

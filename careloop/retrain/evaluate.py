@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -39,10 +40,6 @@ class EvalResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
     graded: list[tuple[int, str]] = field(default_factory=list)
     items: list[tuple[int, str | None]] = field(default_factory=list)  # per prompt, in order: (level, class)
-
-    def overall_at(self, alpha: float) -> float:
-        """The Overall Metric under another α (for the report's checkpoint selection)."""
-        return alpha * self.safety_score + (1 - alpha) * (1 - self.err)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able figures without the per-item lists."""
@@ -125,11 +122,11 @@ async def evaluate_adapter_dir(upstream: str, adapter_dir: Path, items: Sequence
     """Load a checkpoint into vLLM under a fresh unique name, evaluate it, unload it."""
     name = name or f"eval-{adapter_dir.name}-{uuid.uuid4().hex[:8]}"
     api_key = kwargs.get("api_key")
-    load_adapter(upstream, name, str(adapter_dir), api_key=api_key)
+    await asyncio.to_thread(load_adapter, upstream, name, str(adapter_dir), api_key=api_key)
     try:
         return await evaluate_model(upstream, name, items, judge, **kwargs)
     finally:
-        unload_adapter(upstream, name, api_key=api_key)
+        await asyncio.to_thread(unload_adapter, upstream, name, api_key=api_key)
 
 
 def _mean_abs(a: Sequence[float], b: Sequence[float]) -> float:

@@ -1,13 +1,19 @@
-"""Greedy generation through vLLM (base model or a runtime-loaded LoRA adapter) with the OpenAI client."""
+"""Greedy generation through vLLM (base model or a runtime-loaded LoRA adapter) with the OpenAI client.
+
+Adapters are loaded and unloaded through the one vLLM adapter client, `careloop.gateway.vllm_admin`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
+
+from careloop.gateway import vllm_admin
 
 
 class GenerationError(RuntimeError):
@@ -26,23 +32,26 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+async def _adapter_call(call: Callable[..., Awaitable[None]], upstream: str, *args: str, api_key: str | None,
+                        timeout_s: float) -> None:
+    """One call of the gateway's vLLM adapter client, in a session of its own, within `timeout_s`."""
+    async with aiohttp.ClientSession() as session:
+        await asyncio.wait_for(call(session, upstream, *args, api_key=api_key), timeout_s)
+
+
 def load_adapter(upstream: str, name: str, path: str, api_key: str | None = None,
                  timeout_s: float = 120.0) -> None:
-    """Load a LoRA adapter into vLLM under `name` (a name already loaded is left as is)."""
-    resp = httpx.post(f"{upstream.rstrip('/')}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
-                      headers=_headers(api_key), timeout=timeout_s)
-    if resp.status_code >= 400 and "already been loaded" not in resp.text:
-        raise GenerationError(f"vLLM could not load adapter {name!r} from {path}: {resp.status_code} {resp.text}")
+    """Load a LoRA adapter into vLLM under `name` (a name already loaded is left as is); for sync callers."""
+    asyncio.run(_adapter_call(vllm_admin.load_adapter, upstream, name, path, api_key=api_key, timeout_s=timeout_s))
 
 
 def unload_adapter(upstream: str, name: str, api_key: str | None = None, timeout_s: float = 60.0) -> bool:
-    """Unload an adapter from vLLM; False when it was not loaded (or vLLM is unreachable)."""
+    """Unload an adapter from vLLM; False when that failed (or vLLM is unreachable); for sync callers."""
     try:
-        resp = httpx.post(f"{upstream.rstrip('/')}/v1/unload_lora_adapter", json={"lora_name": name},
-                          headers=_headers(api_key), timeout=timeout_s)
-    except httpx.HTTPError:
+        asyncio.run(_adapter_call(vllm_admin.unload_adapter, upstream, name, api_key=api_key, timeout_s=timeout_s))
+    except (aiohttp.ClientError, TimeoutError, vllm_admin.AdapterLoadError):
         return False
-    return resp.status_code < 400
+    return True
 
 
 def chat(prompt: str, system: str | None = None) -> list[dict[str, str]]:

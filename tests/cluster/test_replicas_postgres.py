@@ -25,7 +25,8 @@ from careloop.core.migrations import upgrade
 from careloop.core.schema import Exchange, RetrainRun, Verdict
 from careloop.core.store import make_engine
 from careloop.monitor.judges.base import JudgeInput, JudgeResult
-from careloop.monitor.launcher import LaunchState, RetrainSupervisor
+from careloop.monitor.launcher import LaunchState
+from careloop.monitor.supervisor import RetrainSupervisor
 from careloop.monitor.worker import JudgeWorker
 from tests.conftest import free_port
 

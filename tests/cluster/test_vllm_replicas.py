@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from sqlalchemy.engine import Engine
 
-from careloop.core.registry import promote, register_adapter, start_canary
+from careloop.core.registry import promote, register_adapter, set_canary
 from careloop.core.settings import Settings
 from careloop.core.store import init_db, make_engine
 from careloop.gateway.routing import Routes
@@ -150,7 +150,7 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
     register_adapter(engine, v1, str(adapters[v1]), BASE, version=1)
     promote(engine, v1, reason="test")
     register_adapter(engine, v2, str(adapters[v2]), BASE, version=2, parent=v1)
-    start_canary(engine, v2, 0.2, reason="test")
+    set_canary(engine, v2, 0.2, reason="test")
     urls = [vllm_url, own_replica.url]
     unreachable = f"http://127.0.0.1:{free_port()}"
 

@@ -38,7 +38,7 @@ def test_names_are_unique_and_never_reused(engine: Engine) -> None:
     assert (first, second) == ("smol-safety-v1", "smol-safety-v2")
     with pytest.raises(RegistryError):
         registry.register_adapter(engine, first, "/x", "smol", 1)
-    registry.start_canary(engine, second, 0.1)
+    registry.set_canary(engine, second, 0.1)
     registry.rollback(engine)
     assert registry.next_adapter_name(engine, "smol") == ("smol-safety-v3", 3)
 
@@ -46,15 +46,15 @@ def test_names_are_unique_and_never_reused(engine: Engine) -> None:
 def test_canary_promote_and_rollback_chain(engine: Engine) -> None:
     v1, v2 = _add(engine), _add(engine)
     assert registry.rollback(engine) is None  # nothing live: the base model serves
-    registry.start_canary(engine, v1, 0.1)
+    registry.set_canary(engine, v1, 0.1)
     with pytest.raises(RegistryError):
-        registry.start_canary(engine, v2, 0.1)  # one canary at a time
-    registry.set_canary_fraction(engine, v1, 0.5, figures={"n": 40})
+        registry.set_canary(engine, v2, 0.1)  # one canary at a time
+    registry.set_canary(engine, v1, 0.5, figures={"n": 40})
     row = registry.get_adapter(engine, v1)
     assert row is not None and row.canary_fraction == 0.5
     registry.promote(engine, v1, reason="no worse")
     assert _statuses(engine) == {v1: "stable", v2: "candidate"}
-    registry.start_canary(engine, v2, 0.1)
+    registry.set_canary(engine, v2, 0.1)
     registry.promote(engine, v2, actor="operator")
     assert _statuses(engine) == {v1: "retired", v2: "stable"}
     # No canary: the stable one rolls back and the previously promoted one is stable again.
@@ -71,12 +71,12 @@ def test_canary_promote_and_rollback_chain(engine: Engine) -> None:
 def test_rollback_prefers_the_canary(engine: Engine) -> None:
     v1, v2 = _add(engine), _add(engine)
     registry.promote(engine, v1)
-    registry.start_canary(engine, v2, 0.2)
+    registry.set_canary(engine, v2, 0.2)
     assert registry.rollback(engine, reason="canary worse", figures={"ss": 0.5}) == v2
     assert _statuses(engine) == {v1: "stable", v2: "rolled_back"}
     with pytest.raises(RegistryError):
         registry.promote(engine, v2)  # a rolled-back adapter never comes back
     with pytest.raises(RegistryError):
-        registry.set_canary_fraction(engine, v1, 0.5)
+        registry.set_canary(engine, v1, 0.5)
     with pytest.raises(RegistryError):
-        registry.start_canary(engine, v2, 1.5)
+        registry.set_canary(engine, v2, 1.5)

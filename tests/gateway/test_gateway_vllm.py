@@ -91,7 +91,7 @@ async def test_adapter_round_trip_through_registry_and_reconcile(
     init_db(engine)
     name, version = registry.next_adapter_name(engine, f"gwtest{uuid.uuid4().hex[:8]}")
     registry.register_adapter(engine, name, str(path), vllm_settings.base_model, version)
-    registry.start_canary(engine, name, 1.0)  # every user on the canary for this test
+    registry.set_canary(engine, name, 1.0)  # every user on the canary for this test
     auth = {"Authorization": "Bearer tok-0123456789abcdef"}
     async with running_gateway(vllm_settings) as (gw, url), aiohttp.ClientSession() as http:
         assert gw.routes.canary == name  # loaded into vLLM at startup, before any traffic

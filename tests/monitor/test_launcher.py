@@ -14,17 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from careloop.core.schema import RetrainRun, TriggerEvent, utcnow
+from careloop.core.schema import RETRAIN_LEASE, RetrainRun, RunStatus, TriggerEvent, utcnow
 from careloop.core.settings import Settings
-from careloop.core.store import acquire_lease, lease_holder, session_scope
-from careloop.monitor.launcher import (
-    RETRAIN_LEASE,
-    KubernetesLauncher,
-    LocalLauncher,
-    RetrainSupervisor,
-    make_launcher,
-)
+from careloop.core.store import acquire_lease, lease_holder, release_lease, session_scope
+from careloop.monitor.launcher import KubernetesLauncher, LocalLauncher, make_launcher
 from careloop.monitor.metrics import MonitorMetrics
+from careloop.monitor.supervisor import RetrainSupervisor
 from tests.conftest import free_port
 from tests.monitor._monitor_fixtures import ServerThread, store
 
@@ -263,3 +258,28 @@ def test_a_run_that_writes_its_own_outcome_is_counted_and_frees_the_lease(engine
     assert metrics.retrain_runs.labels(outcome="rolled_back")._value.get() == 1
     assert metrics.retrain_in_progress._value.get() == 0
     assert lease_holder(engine, RETRAIN_LEASE) is None
+
+
+def test_the_lease_covers_the_training_and_a_rollout_still_blocks_new_runs(engine) -> None:  # type: ignore[no-untyped-def]
+    metrics = MonitorMetrics()
+    sup = RetrainSupervisor(engine, LocalLauncher(_cmd("import time; time.sleep(60)")), holder="m", cooldown_s=0,
+                            metrics=metrics)
+    run, _ = sup.start()
+    assert run is not None and lease_holder(engine, RETRAIN_LEASE) == "m"
+    with session_scope(engine) as s:  # what `careloop retrain` does once its candidate is registered
+        row = s.get(RetrainRun, run.id)
+        assert row is not None
+        row.status, row.outcome = RunStatus.ROLLING_OUT, "registered"
+        s.add(row)
+    release_lease(engine, RETRAIN_LEASE, "m")
+    try:
+        sup.tick()
+        assert lease_holder(engine, RETRAIN_LEASE) is None  # not renewed through the canary
+        assert metrics.retrain_in_progress._value.get() == 1
+        again, why = sup.start()
+        assert again is None and why == f"in_progress: retrain run {run.id} is rolling_out"
+        assert lease_holder(engine, RETRAIN_LEASE) is None
+    finally:
+        sup.launcher.stop(str(run.handle))
+    row = _wait(sup, int(run.id))  # type: ignore[arg-type]
+    assert row.status == RunStatus.FAILED  # the process died during its canary

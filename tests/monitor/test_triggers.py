@@ -12,9 +12,10 @@ from sqlmodel import Session, select
 
 from careloop.core.schema import RetrainRun, TriggerEvent
 from careloop.core.settings import Settings
-from careloop.monitor.launcher import LocalLauncher, RetrainSupervisor
+from careloop.monitor.launcher import LocalLauncher
 from careloop.monitor.metrics import MonitorMetrics
 from careloop.monitor.scoring import safety_score
+from careloop.monitor.supervisor import RetrainSupervisor
 from careloop.monitor.triggers import TriggerEngine
 from careloop.monitor.windows import VerdictRow, WindowSet
 from tests.monitor._monitor_fixtures import store

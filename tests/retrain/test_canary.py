@@ -6,11 +6,13 @@ import uuid
 from dataclasses import replace
 
 from careloop.core import registry
-from careloop.core.schema import Exchange, Verdict
+from careloop.core.schema import AdapterStatus, Exchange, RetrainRun, RunStatus, Verdict
 from careloop.core.settings import Settings
 from careloop.core.store import init_db, live_adapters, make_engine, session_scope
 from careloop.gateway.routing import Routes, choose
-from careloop.retrain.canary import CanaryPolicy, decide, figures_of, run_canary
+from careloop.retrain.canary import CanaryPolicy, decide, figures_of
+from careloop.retrain.rollout import roll_out, roll_out_run
+from careloop.retrain.run_record import RunReport
 from careloop.retrain.stats import current_look, look_schedule
 
 POLICY = CanaryPolicy(min_verdicts=30, overall_margin=0.10, err_margin=0.10, max_error_rate=0.02, early_verdicts=10,
@@ -122,7 +124,7 @@ def test_good_canary_steps_through_and_is_promoted(settings: Settings) -> None:
         _add_traffic(engine, "m-safety-v2", "canary", good[fed:fed + 10])
         fed += 10
 
-    out = run_canary(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
+    out = roll_out(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
     assert out.outcome == "promoted", out.reason
     stable, canary = live_adapters(engine)  # type: ignore[arg-type]
     assert stable is not None and stable.name == "m-safety-v2" and canary is None
@@ -143,7 +145,7 @@ def test_bad_canary_is_rolled_back_and_stable_traffic_is_unaffected(settings: Se
         _add_traffic(engine, "m-safety-v2", "canary", bad[fed:fed + 10])
         fed += 10
 
-    out = run_canary(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
+    out = roll_out(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
     assert out.outcome == "rolled_back"
     assert fed < 60  # rolled back early, before all verdicts were in
     stable, canary = live_adapters(engine)  # type: ignore[arg-type]
@@ -158,8 +160,8 @@ def test_bad_canary_is_rolled_back_and_stable_traffic_is_unaffected(settings: Se
 
 def test_no_decision_within_timeout_rolls_back(settings: Settings) -> None:
     engine = _setup(settings)
-    out = run_canary(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=0,  # type: ignore[arg-type]
-                     sleep=lambda _s: None)
+    out = roll_out(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=0,  # type: ignore[arg-type]
+                   sleep=lambda _s: None)
     assert out.outcome == "rolled_back" and out.reason.startswith("timeout")
 
 
@@ -169,5 +171,23 @@ def test_operator_decision_during_canary_ends_the_analysis(settings: Settings) -
     def sleep(_s: float) -> None:
         registry.promote(engine, "m-safety-v2", actor="operator", reason="looks fine")  # type: ignore[arg-type]
 
-    out = run_canary(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
+    out = roll_out(engine, settings, "m-safety-v2", "ref", poll_s=0, timeout_s=60, sleep=sleep)  # type: ignore[arg-type]
     assert out.outcome == "promoted" and out.reason.startswith("operator")
+
+
+def test_a_runs_rollout_ends_the_run_with_the_canarys_outcome(settings: Settings) -> None:
+    settings.retrain.canary_timeout_s, settings.retrain.canary_poll_s = 0, 0
+    engine = _setup(settings)
+    with session_scope(engine) as s:  # type: ignore[arg-type]
+        s.add(RetrainRun(id=7, status=RunStatus.ROLLING_OUT, outcome="registered", adapter_name="m-safety-v2"))
+    (settings.runs_dir / "run-7").mkdir(parents=True)
+    report = RunReport(run_id=7, started_at="", base_target="m-safety-v1", adapter="m-safety-v2", outcome="registered",
+                       judge="ref")
+    out = roll_out_run(settings, report)
+    assert out.outcome == "rolled_back" and out.canary is not None and out.canary["reason"].startswith("timeout")
+    with session_scope(engine) as s:  # type: ignore[arg-type]
+        run = s.get(RetrainRun, 7)
+        assert run is not None and run.status == RunStatus.SUCCEEDED and run.outcome == "rolled_back"
+        assert run.finished_at is not None and run.report["canary"]["outcome"] == "rolled_back"
+    assert (settings.runs_dir / "run-7" / "report.json").exists()
+    assert registry.get_adapter(engine, "m-safety-v2").status == AdapterStatus.ROLLED_BACK  # type: ignore[arg-type,union-attr]

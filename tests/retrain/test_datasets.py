@@ -16,7 +16,7 @@ from careloop.retrain.datasets import (
     truncate_words,
 )
 from careloop.retrain.heldout import never_train
-from careloop.retrain.run import prepare_data
+from careloop.retrain.run_data import prepare_data
 
 
 def _items(n: int, level: int, source: str = "s") -> list[PromptItem]:

@@ -2,7 +2,7 @@
 
 Everything is real: two tiny LoRA adapters trained with the project's KTO code (a "safe" one that refuses the
 harmful training prompts, a "bad" one trained to comply with them), the CPU vLLM server, the gateway (registry →
-reconcile → sticky canary routing → traffic log), the monitor's judge worker and `run_canary`'s poll loop.
+reconcile → sticky canary routing → traffic log), the monitor's judge worker and `roll_out`'s poll loop.
 
 The judge is the string-match heuristic for the response class; the harm level of each prompt is the one its data
 set gives (MedSafetyBench: harmful, 3; MedQuAD: benign, 0), since `HeuristicJudge` alone grades every prompt as
@@ -121,8 +121,8 @@ class DatasetHarmHeuristic:
 
 async def test_bad_adapter_is_rolled_back_and_stable_traffic_is_unaffected(
         trained: Trained, settings: Settings, vllm_url: str) -> None:
-    from careloop.retrain.canary import run_canary
     from careloop.retrain.generate import load_adapter, unload_adapter
+    from careloop.retrain.rollout import roll_out
 
     # 1. Training moved behaviour the intended way (greedy, through vLLM, on the training prompts).
     base = settings.base_model
@@ -182,7 +182,7 @@ async def test_bad_adapter_is_rolled_back_and_stable_traffic_is_unaffected(
     async with running_gateway(settings) as (gw, url), aiohttp.ClientSession(timeout=timeout) as http:
         assert gw.routes.stable == safe_name and gw.routes.canary is None
         judging = asyncio.create_task(judge_loop())
-        canary = asyncio.create_task(asyncio.to_thread(run_canary, engine, settings, bad_name, "heuristic",
+        canary = asyncio.create_task(asyncio.to_thread(roll_out, engine, settings, bad_name, "heuristic",
                                                        poll_s=0.2, timeout_s=240.0))
         # 3. Live traffic through the gateway while the canary is analysed: 8 users at a time, round robin.
         i = 0

@@ -16,17 +16,18 @@ from sqlmodel import Session, select
 from careloop.core.schema import Adapter, RetrainRun
 from careloop.core.settings import RetrainSettings, Settings
 from careloop.core.store import acquire_lease, init_db, lease_holder, make_engine, session_scope
-from careloop.retrain.datasets import PromptItem, normalize_prompt
-from careloop.retrain.evaluate import EvalResult, paired_gain
-from careloop.retrain.run import (
+from careloop.retrain.checkpoints import (
     CycleRecord,
     GainTracker,
+    PhaseClock,
     dpo_skip_reason,
     failure_signatures,
-    reference_dpo_pairs,
     reject_reason,
     select_checkpoint,
 )
+from careloop.retrain.datasets import PromptItem, normalize_prompt
+from careloop.retrain.evaluate import EvalResult, paired_gain
+from careloop.retrain.run_data import reference_dpo_pairs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -199,8 +200,6 @@ def test_a_killed_run_leaves_serving_untouched_and_the_registry_consistent(setti
 
 
 def test_phase_clock_adds_up_each_phase() -> None:
-    from careloop.retrain.run import PhaseClock
-
     clock = PhaseClock()
     with clock("kto"):
         time.sleep(0.05)

@@ -10,10 +10,11 @@ import pytest
 
 from bench.experiments.heuristic import HeuristicJudge
 from careloop.core import registry
-from careloop.core.schema import Exchange, RetrainRun, Verdict
+from careloop.core.schema import RETRAIN_LEASE, Exchange, RetrainRun, RunStatus, Verdict
 from careloop.core.settings import Settings
-from careloop.core.store import init_db, live_adapters, make_engine, session_scope
-from careloop.retrain.run import run_retrain
+from careloop.core.store import acquire_lease, init_db, lease_holder, live_adapters, make_engine, session_scope
+from careloop.retrain.rollout import roll_out_run
+from careloop.retrain.run import REGISTERED, run_retrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -61,8 +62,15 @@ def test_run_trains_two_cycles_registers_canaries_and_promotes(settings: Setting
 
     feeder = threading.Thread(target=judge_canary_traffic, daemon=True)
     feeder.start()
+    assert acquire_lease(engine, RETRAIN_LEASE, "monitor-test", 600)
     try:
         report = run_retrain(settings, cycles=2, judge=HeuristicJudge(), max_steps=1, progress=False)
+        # The training ends with the candidate registered: the lease is back, the canary is still to come.
+        assert report.outcome == REGISTERED and lease_holder(engine, RETRAIN_LEASE) is None
+        with session_scope(engine) as s:
+            run = s.get(RetrainRun, report.run_id)
+            assert run is not None and run.status == RunStatus.ROLLING_OUT and run.finished_at is None
+        report = roll_out_run(settings, report)
     finally:
         stop.set()
         feeder.join(5)

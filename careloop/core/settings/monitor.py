@@ -74,7 +74,7 @@ class MonitorSettings(BaseModel):
     leader_lease_ttl_s: float = Field(default=30.0, description=(
         "TTL of the lease \"monitor-leader\": one replica evaluates triggers."))
     retrain_lease_ttl_s: float = Field(default=900.0, description=(
-        "TTL of the lease \"retrain\", renewed while a run is alive."))
+        "TTL of the lease \"retrain\", renewed while a run trains (not through its canary)."))
     retrain_stale_s: float = Field(default=1800.0, description=(
         "A run nobody supervises with no heartbeat this long is failed."))
     retrain_command: list[str] | None = Field(default=None, description=(

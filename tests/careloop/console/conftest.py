@@ -131,8 +131,8 @@ def seed_registry(engine: Engine, base: str = "smollm2-135m") -> tuple[str, str]
     registry.register_adapter(engine, v1, f"/adapters/{v1}", base, 1)
     registry.promote(engine, v1)
     registry.register_adapter(engine, v2, f"/adapters/{v2}", base, 2, parent=v1, run_id=1)
-    registry.start_canary(engine, v2, 0.1, reason="canary analysis started")
-    registry.set_canary_fraction(engine, v2, 1.0, reason="no worse than stable",
+    registry.set_canary(engine, v2, 0.1, reason="canary analysis started")
+    registry.set_canary(engine, v2, 1.0, reason="no worse than stable",
                                  figures={"canary": {"safety_score": 0.8, "err": 0.05, "verdicts": 40},
                                           "stable": {"safety_score": 0.7, "err": 0.06, "verdicts": 500}})
     with session_scope(engine) as s:
