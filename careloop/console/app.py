@@ -233,9 +233,9 @@ class Console:
             children.setdefault(a.parent if a.parent in names else None, []).append(a)
         waiting = {a.name for a in rows
                    if evidence.awaiting_approval(registry.adapter_events(self.engine, a.name, 20), a.status)}
+        live = {a.status: a for a in rows if a.status in LIVE_ADAPTER_STATES}
         return self.render("adapters.html", who, children=children, waiting=waiting, count=len(rows),
-                           stable=next((a for a in rows if a.status == AdapterStatus.STABLE), None),
-                           canary=next((a for a in rows if a.status == AdapterStatus.CANARY), None),
+                           stable=live.get(AdapterStatus.STABLE), canary=live.get(AdapterStatus.CANARY),
                            base_model=self.settings.base_model)
 
     def adapter(self, request: Request, who: Principal) -> Response:
@@ -243,10 +243,9 @@ class Console:
         ev = evidence.evidence(self.engine, request.path_params["name"])
         if ev is None:
             raise Denied(404, f"no adapter named {request.path_params['name']!r}", "adapter_not_found")
-        stable, canary = (next((a for a in registry.list_adapters(self.engine) if a.status == s), None)
-                          for s in (AdapterStatus.STABLE, AdapterStatus.CANARY))
+        live = {a.status: a for a in registry.list_adapters(self.engine) if a.status in LIVE_ADAPTER_STATES}
         return self.render("adapter.html", who, ev=ev, can_approve=who.user.can("approver"),
-                           stable=stable, canary=canary)
+                           stable=live.get(AdapterStatus.STABLE), canary=live.get(AdapterStatus.CANARY))
 
     def _reason(self, form: dict[str, str]) -> str:
         reason = form.get("reason", "").strip()
