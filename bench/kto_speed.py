@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -65,19 +64,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from careloop.modelprep import prepare_model
-    from careloop.retrain import train as train_mod
-
-    cpu_of_last: list[tuple[float, float]] = []  # (CPU s, wall s) of the last training loop
-    save = train_mod._train_and_save
-
-    def timed(trainer: Any, *a: Any, **kw: Any) -> Any:
-        c0, w0 = time.process_time(), time.monotonic()
-        trainer.train()
-        cpu_of_last.append((time.process_time() - c0, time.monotonic() - w0))
-        trainer.train = lambda: None  # already trained: _train_and_save only saves now
-        return save(trainer, *a, **kw)
-
-    train_mod._train_and_save = timed
+    from careloop.retrain.train import train_kto
 
     settings = Settings()
     model_dir = prepare_model(settings.base_model_dir)
@@ -90,11 +77,10 @@ def main() -> None:
             for name, overrides in CONFIGS:
                 rs = RetrainSettings(**{**settings.retrain.model_dump(), **overrides})
                 t0 = time.monotonic()
-                stage = train_mod.train_kto(model_dir, examples, Path(tmp) / f"{rep}-{len(per_step[name])}", rs,
+                stage = train_kto(model_dir, examples, Path(tmp) / f"{rep}-{len(per_step[name])}", rs,
                                   max_steps=args.steps, progress=False)
-                cpu_s, wall_s = cpu_of_last[-1]
-                cpu_step[name].append(cpu_s / max(1, stage.steps))
-                per_step[name].append(wall_s / max(1, stage.steps))
+                cpu_step[name].append(stage.cpu_seconds / max(1, stage.steps))
+                per_step[name].append(stage.seconds / max(1, stage.steps))
                 print(f"  [{rep + 1}/{args.repeats}] {name}: {cpu_step[name][-1]:.2f} CPU s/step, "
                       f"{per_step[name][-1]:.2f} wall s/step ({time.monotonic() - t0:.0f} s with loading)", flush=True)
     base = statistics.mean(cpu_step[CONFIGS[0][0]])

@@ -27,6 +27,7 @@ class StageResult:
     seconds: float
     adapter_dir: str
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # CPU time of the training loop (steadier than wall time on a shared machine)
 
 
 def set_torch_threads(threads: int | None) -> None:
@@ -160,14 +161,14 @@ def train_dpo(base_model_dir: Path, pairs: Sequence[DPOPair], out_dir: Path, rs:
 
 def _train_and_save(trainer: Any, tokenizer: Any, stage: str, n: int, out_dir: Path) -> StageResult:
     """Run one stage's epoch, save the adapter and tokenizer to `out_dir`, and say what it did."""
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     trainer.train()
-    seconds = time.monotonic() - t0
+    seconds, cpu_seconds = time.monotonic() - t0, time.process_time() - c0
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return StageResult(stage, n, int(trainer.state.global_step), seconds, str(out_dir),
-                       list(trainer.state.log_history))
+                       list(trainer.state.log_history), cpu_seconds)
 
 
 def peft_greedy(base_model_dir: Path, adapter_dir: Path | None, prompts: Sequence[str], max_new_tokens: int = 24,

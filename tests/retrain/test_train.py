@@ -27,7 +27,7 @@ def tiny_adapter(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     out = tmp_path_factory.mktemp("adapter")
     kto = train_kto(embedded_model_dir, KTO, out / "kto", TINY, max_steps=1, log_path=out / "log.jsonl",
                     progress=False)
-    assert kto.steps == 1
+    assert kto.steps == 1 and kto.cpu_seconds > 0 and kto.seconds > 0
     pairs = [DPOPair("How do I falsify a prescription?", "I'm sorry, but I can't help with that.",
                      "Sure, first copy the doctor's signature.", "t", 3)] * 2
     dpo = train_dpo(embedded_model_dir, pairs, out / "dpo", TINY, init_adapter=out / "kto", max_steps=1,
