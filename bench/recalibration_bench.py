@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from judge_bench import predict
 
 from careloop.console.recalibrate import MAX_XSTEST_LOSS, decide, split_by_prompt
 from careloop.monitor.datasets import XSTEST_MODELS, LabelledExample, load_smollm2, load_xstest
@@ -70,11 +71,6 @@ def variants(base: DistilledConfig, sample: TrainingSample = TrainingSample()) -
     return {"console": Variant("console", base, sample=sample),
             "weight-3": Variant("weight-3", base, 3.0, sample),
             "balanced": Variant("balanced", replace(base, balanced=True), sample=sample)}
-
-
-def predict(head: LinearHead, x: np.ndarray) -> list[str]:
-    """The head's most likely class per row (as the judge acts)."""
-    return [head.classes[i] for i in head.predict_proba(x).argmax(axis=1)]
 
 
 def prompt_of(e: LabelledExample) -> str:
