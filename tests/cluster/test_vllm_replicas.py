@@ -236,7 +236,7 @@ async def test_killing_one_replica_under_load_costs_no_client_error(
     own_replica.proc.wait(30)
     ((dead, opened_at),) = breakers.opened
     # The gateway opens the breaker within a second of the first sign (a dropped connection); the sign itself
-    # comes when the kernel closes the killed server's sockets, after its memory is torn down (0.5-1 s here).
+    # comes when the kernel closes the killed server's sockets (0.5-1.7 s after the SIGKILL here, under load).
     assert dead == own_replica.url and opened_at - failed_at[0] <= 1.0, opened_at - failed_at[0]
     assert opened_at - killed_at <= 3.0, opened_at - killed_at
     print(f"breaker opened {opened_at - killed_at:.2f} s after SIGKILL, {opened_at - failed_at[0]:.3f} s after "

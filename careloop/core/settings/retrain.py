@@ -61,9 +61,9 @@ class RetrainSettings(BaseModel):
     accelerate_config: str | None = Field(default=None, description="FSDP / DeepSpeed config for multi-GPU jobs.")
     kto_beta: float = Field(default=0.1, description="KTO beta.")
     kto_loss_type: Literal["kto", "apo_zero_unpaired"] = Field(default="apo_zero_unpaired", description=(
-        "TRL's KTO loss: \"apo_zero_unpaired\" is KTO's loss with its reference point at 0 (no KL pass: 0.62x "
-        "the CPU time per step); \"kto\" estimates the reference point from mismatched pairs, two extra "
-        "forward passes a step (docs/recipe.md)."))
+        "TRL's KTO loss: \"apo_zero_unpaired\" is KTO's loss with its reference point at 0 (no KL pass); "
+        "\"kto\" estimates the reference point from mismatched pairs, two extra forward passes a step "
+        "(costs in docs/recipe.md)."))
     dpo_beta: float = Field(default=0.1, description="DPO beta.")
     warmup_fraction: float = Field(default=0.1, description="Learning-rate warmup, as a share of one epoch's steps.")
     seed: int = Field(default=0, description="Random seed of training and sampling.")
