@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from careloop.core.schema import ReviewLabel, Verdict
+from careloop.core.schema import HUMAN, ReviewLabel, Verdict
 from careloop.monitor.audit import HARM_LEVELS, AuditReport, analyse
 from careloop.monitor.datasets import LabelledExample
 from careloop.monitor.judges.base import JudgeResult
-from careloop.monitor.review import HUMAN, human_pairs
+from careloop.monitor.review import human_pairs
 from careloop.monitor.scoring import cohen_kappa
 
 

@@ -19,10 +19,9 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from careloop.core.schema import Exchange, ReviewLabel, ReviewSample, Verdict, utcnow
+from careloop.core.schema import HUMAN, Exchange, ReviewLabel, ReviewSample, Verdict, utcnow
 from careloop.core.settings import ConsoleSettings
 from careloop.monitor.review import (
-    HUMAN,
     ReviewError,
     ReviewItem,
     check_label,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -48,6 +48,7 @@ STARTED_RUN_STATES = (*TRAINING_RUN_STATES, RunStatus.ROLLING_OUT)  # runs with 
 ACTIVE_RUN_STATES = (RunStatus.REQUESTED, *STARTED_RUN_STATES)  # runs not finished (a request waits behind them)
 FINISHED_RUN_STATES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.ABORTED)
 RETRAIN_LEASE = "retrain"  # the store lease a run trains under (one training at a time across replicas)
+HUMAN = "human"  # the judge name of a person's label (careloop/monitor/review.py), kept by retention
 
 
 class Exchange(SQLModel, table=True):
@@ -94,6 +95,9 @@ class Verdict(SQLModel, table=True):
     __table_args__ = (
         Index("ix_verdict_adapter_judge_id", "adapter", "judge", "id"),
         Index("ix_verdict_exchange_judge", "exchange_id", "judge"),
+        # the labelled exchanges retention keeps (revision 0007)
+        Index("ix_verdict_human_exchange", "exchange_id", sqlite_where=text(f"judge = '{HUMAN}'"),
+              postgresql_where=text(f"judge = '{HUMAN}'")),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -158,3 +158,27 @@ def test_replicas_migrating_at_once_on_postgres(fresh_pg: str) -> None:
 def test_missing_url_is_a_clear_error() -> None:
     with pytest.raises(MigrationError, match="CARELOOP_DATABASE_URL"):
         upgrade("")
+
+
+def test_human_verdict_index_is_partial_and_reverts(store_url: str) -> None:
+    """Revision 0007 indexes the human verdicts only (on PostgreSQL on every day partition too), and reverts."""
+    upgrade(store_url)
+    sqlite = store_url.startswith("sqlite")
+    query = ("SELECT sql FROM sqlite_master WHERE name = 'ix_verdict_human_exchange'" if sqlite else
+             "SELECT pg_get_indexdef(CAST('ix_verdict_human_exchange' AS regclass))")
+    engine = make_engine(store_url)
+    with engine.connect() as conn:
+        assert "WHERE" in conn.execute(text(query)).scalar_one()
+        assert "judge" in conn.execute(text(query)).scalar_one().split("WHERE")[1]
+        if not sqlite:
+            on_parts = conn.execute(text(
+                "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = CAST('ix_verdict_human_exchange' AS regclass)")).scalar_one()
+            partitions = conn.execute(text("SELECT count(*) FROM pg_inherits"
+                                           " WHERE inhparent = CAST('verdict' AS regclass)")).scalar_one()
+            assert on_parts == partitions > 1
+    engine.dispose()
+    downgrade(store_url, "0006")
+    assert "ix_verdict_human_exchange" not in _indexes(store_url, "verdict")
+    upgrade(store_url)
+    assert "ix_verdict_human_exchange" in _indexes(store_url, "verdict")
