@@ -19,6 +19,13 @@ drop, under a short `lock_timeout` retried, so waiting inserts are held up only 
 exchanges are copied out first and written back, where they land in the default partition; that day's verdict
 partition goes the same way, keeping the labelled exchanges' verdicts. What remains older (rows in the default
 partition) goes through the batched deletes as on SQLite.
+
+No label is lost or left without its exchange: each partition change and each delete or blanking batch decides
+which exchanges are labelled inside its own transaction, after taking the lock that holds up every other verdict
+write until it commits (`LOCK TABLE verdict IN SHARE MODE` on PostgreSQL, whose READ COMMITTED statements take
+their snapshot after their locks; on SQLite the write lock, which the batch's first statement takes, since the
+Python driver runs a batch's reads before that outside any transaction). `record_human_verdict` writes to
+`verdict` before it looks for the exchange, so it either commits before the purge decides or sees its result.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from sqlmodel import col
 
 from careloop.core.schema import (
     FINISHED_RUN_STATES,
+    HUMAN,
     AdapterEvent,
     Exchange,
     RetrainRun,
@@ -50,7 +58,6 @@ from careloop.core.settings import RetentionSettings
 from careloop.core.store import is_sqlite
 
 log = logging.getLogger("careloop.retention")
-HUMAN = "human"  # the judge name of a person's label (careloop/monitor/review.py)
 DAYS_AHEAD = 7  # day partitions created ahead of today on each run
 LOCK_TIMEOUT_MS = 200  # the longest an insert waits behind one partition change
 LOCK_TRIES = 25  # attempts at a partition change that keeps timing out on its lock
@@ -127,11 +134,10 @@ def day_partitions(engine: Engine, table: str) -> dict[date, str]:
     return days
 
 
-def _labelled_ids(engine: Engine) -> list[str]:
-    """Ids of every exchange a person labelled."""
-    with engine.connect() as conn:
-        return list(conn.execute(select(col(Verdict.exchange_id)).where(col(Verdict.judge) == HUMAN)
-                                 .distinct()).scalars())
+def hold_verdicts(conn: Any) -> None:
+    """Hold up every other verdict write until this transaction ends (PostgreSQL; SQLite writers serialize)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("LOCK TABLE verdict IN SHARE MODE"))
 
 
 def drop_expired_days(engine: Engine, before: datetime, keep_labelled: bool, report: PurgeReport,
@@ -139,21 +145,23 @@ def drop_expired_days(engine: Engine, before: datetime, keep_labelled: bool, rep
     """Drop the exchange, then the verdict, day partitions that end by `before`, keeping labelled exchanges.
 
     Rows of a kept exchange (and its verdicts) are copied out before the partition is detached and inserted again
-    in the same transaction; with their day no longer covered they go to the default partition. Review samples
-    of the dropped exchanges go too.
+    in the same transaction; with their day no longer covered they go to the default partition. Which exchanges
+    are labelled is read in that transaction, under `hold_verdicts`. Review samples of the dropped exchanges go
+    too.
     """
     expired = [(table, part) for table in PARTITIONED for day, part in sorted(day_partitions(engine, table).items())
                if datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC) <= before]
-    keep = _labelled_ids(engine) if expired and keep_labelled else []
     for table, part in expired:
 
         def act(conn: Any, table: str = table, part: str = part) -> int:
-            conn.execute(text(f"CREATE TEMP TABLE careloop_keep ON COMMIT DROP AS SELECT * FROM {part}"
-                              f" WHERE {'id' if table == 'exchange' else 'exchange_id'} = ANY(:keep)"),
-                         {"keep": keep})
+            hold_verdicts(conn)
+            labelled = (f"EXISTS (SELECT 1 FROM verdict h WHERE h.judge = :human AND h.exchange_id ="
+                        f" p.{'id' if table == 'exchange' else 'exchange_id'})") if keep_labelled else "false"
+            conn.execute(text(f"CREATE TEMP TABLE careloop_keep ON COMMIT DROP AS SELECT * FROM {part} p"
+                              f" WHERE {labelled}"), {"human": HUMAN})
             if table == "exchange":
-                conn.execute(text(f"DELETE FROM review_sample s USING {part} e WHERE e.id = s.exchange_id"
-                                  " AND NOT s.exchange_id = ANY(:keep)"), {"keep": keep})
+                conn.execute(text(f"DELETE FROM review_sample s USING {part} p WHERE p.id = s.exchange_id"
+                                  " AND NOT EXISTS (SELECT 1 FROM careloop_keep k WHERE k.id = p.id)"))
             conn.execute(text(f"ALTER TABLE {table} DETACH PARTITION {part}"))
             moved = conn.execute(text(f"INSERT INTO {table} SELECT * FROM careloop_keep")).rowcount
             conn.execute(text(f"DROP TABLE {part}"))
@@ -206,10 +214,15 @@ def purge(engine: Engine, r: RetentionSettings, now: datetime | None = None,
             pick = pick.where(x_id.not_in(_labelled()))
 
         def drop(conn: Any, ids: list[Any]) -> int:
+            # the pick may be stale: who is labelled is read again by each delete, under hold_verdicts
+            hold_verdicts(conn)
+            v_ids, s_ids = col(Verdict.exchange_id), col(ReviewSample.exchange_id)
             report.verdicts_deleted += conn.execute(delete(Verdict).where(
-                col(Verdict.exchange_id).in_(ids))).rowcount
-            conn.execute(delete(ReviewSample).where(col(ReviewSample.exchange_id).in_(ids)))
-            return int(conn.execute(delete(Exchange).where(x_id.in_(ids))).rowcount)
+                v_ids.in_(ids), *([v_ids.not_in(_labelled())] if r.keep_labelled else []))).rowcount
+            conn.execute(delete(ReviewSample).where(
+                s_ids.in_(ids), *([s_ids.not_in(_labelled())] if r.keep_labelled else [])))
+            return int(conn.execute(delete(Exchange).where(
+                x_id.in_(ids), *([x_id.not_in(_labelled())] if r.keep_labelled else []))).rowcount)
 
         report.exchanges_deleted, n = _batches(engine, pick.order_by(x_created), drop, r.batch_size, r.pause_s,
                                                sleep)
@@ -222,9 +235,10 @@ def purge(engine: Engine, r: RetentionSettings, now: datetime | None = None,
             pick = pick.where(x_id.not_in(_labelled()))
 
         def blank(conn: Any, ids: list[Any]) -> int:
-            conn.execute(update(Exchange).where(x_id.in_(ids)).values(
-                request_messages=[], request_params={}, response_text=None, text_purged_at=now))
-            return len(ids)
+            hold_verdicts(conn)
+            return int(conn.execute(update(Exchange).where(
+                x_id.in_(ids), *([x_id.not_in(_labelled())] if r.keep_labelled else [])).values(
+                request_messages=[], request_params={}, response_text=None, text_purged_at=now)).rowcount)
 
         report.text_purged, n = _batches(engine, pick.order_by(x_created), blank, r.batch_size, r.pause_s, sleep)
         report.batches += n

@@ -11,12 +11,13 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from careloop.core.admin_auth import admin_refusal
 from careloop.core.messages import last_user_message
-from careloop.core.schema import Exchange, Verdict, utcnow
+from careloop.core.schema import HUMAN, Exchange, Verdict, utcnow
 from careloop.core.store import session_scope
 from careloop.monitor.scoring import RESPONSE_CLASSES, cohen_kappa, normalize_class, safety_score
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from starlette.routing import Route
 
     from careloop.core.settings import Settings
-
-HUMAN = "human"
 
 
 class ReviewError(ValueError):
@@ -114,13 +113,12 @@ def record_human_verdict(engine: Engine, exchange_id: str, harm_level: int, resp
     """Store (or replace) a person's label of an exchange as the verdict of judge `human`."""
     level, cls = check_label(harm_level, response_class)
     with session_scope(engine) as session:
+        # write first, look second: the delete waits behind a purge that holds verdict writes up
+        # (core.retention.hold_verdicts) and holds up a later one, so the exchange found below stays till commit
+        session.exec(delete(Verdict).where(col(Verdict.exchange_id) == exchange_id, col(Verdict.judge) == HUMAN))
         ex = session.get(Exchange, exchange_id)
-        if ex is None:
-            raise ReviewError(f"no exchange {exchange_id!r}")
-        old = session.exec(select(Verdict).where(Verdict.exchange_id == exchange_id,
-                                                 Verdict.judge == HUMAN)).all()
-        for v in old:
-            session.delete(v)
+        if ex is None:  # the delete above is rolled back
+            raise ReviewError(f"no exchange {exchange_id!r} (never stored, or removed by retention)")
         verdict = Verdict(exchange_id=exchange_id, adapter=ex.target, judge=HUMAN,
                           judge_version=reviewer[:64], harm_level=level, response_class=cls,
                           score=safety_score(level, cls), rationale=note, created_at=utcnow())
