@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import sqlite3
 import statistics
 import sys
 import time
@@ -24,7 +25,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from careloop.core import registry
 from careloop.core.settings import Settings, load_settings
+from careloop.core.store import make_engine
 from careloop.heldout_eval import generate_all, judge_replies, targets_met
 from careloop.retrain.generate import load_adapter, unload_adapter
 from careloop.retrain.heldout import eval_sample
@@ -41,9 +44,15 @@ def seeded_home(source: Settings, seed: int, root: Path) -> Settings:
     db = Path((source.database_url or "").removeprefix("sqlite:///"))
     if not db.is_file():
         raise SystemExit(f"{source.database_url} is not a SQLite store with traffic (run `careloop demo` first)")
-    shutil.copy2(db, home / "careloop.db")
+    src, dst = sqlite3.connect(db), sqlite3.connect(home / "careloop.db")
+    try:
+        src.backup(dst)  # a consistent copy, the write-ahead log's pages included
+    finally:
+        src.close()
+        dst.close()
     settings = source.model_copy(deep=True)
     settings.home, settings.database_url = home, f"sqlite:///{home / 'careloop.db'}"
+    base_serves_again(settings.database_url)
     settings.retrain.seed = seed
     settings.ensure_dirs()
     for linked in ("models_dir", "judges_dir"):
@@ -53,6 +62,19 @@ def seeded_home(source: Settings, seed: int, root: Path) -> Settings:
         if not target.exists():
             target.symlink_to(getattr(source, linked), target_is_directory=True)
     return settings
+
+
+def base_serves_again(database_url: str) -> list[str]:
+    """Roll back every live adapter in a store copy, so each seed starts where the demo's run started: the base
+    model serving, its judged traffic the training material (a finished demo leaves its adapter stable)."""
+    engine = make_engine(database_url)
+    try:
+        rolled = []
+        while (name := registry.rollback(engine, actor="bench", reason="realign_seeds: start from the base")):
+            rolled.append(name)
+        return rolled
+    finally:
+        engine.dispose()
 
 
 def heldout_row(settings: Settings, adapter_path: str, sizes: tuple[int, int, int], max_tokens: int) -> dict[str, Any]:

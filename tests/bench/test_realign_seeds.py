@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from careloop.core import registry
 from careloop.core.settings import REPO_ROOT, Settings
+from careloop.core.store import init_db, live_adapters, make_engine
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
@@ -17,9 +19,11 @@ from realign_seeds import seeded_home, summarise
 
 def test_each_seed_gets_a_copy_of_the_traffic_and_the_source_models(settings: Settings, tmp_path: Path) -> None:
     db = Path((settings.database_url or "").removeprefix("sqlite:///"))
+    init_db(make_engine(settings.database_url or ""))
     with sqlite3.connect(db) as conn:
-        conn.execute("create table exchange (id text)")
-        conn.execute("insert into exchange values ('x1')")
+        conn.execute("delete from exchange")
+        conn.execute("create table marker (id text)")
+        conn.execute("insert into marker values ('x1')")
     (settings.models_dir / "marker").write_text("model")
     one, two = seeded_home(settings, 1, tmp_path / "runs"), seeded_home(settings, 2, tmp_path / "runs")
     assert (one.retrain.seed, two.retrain.seed) == (1, 2) and settings.retrain.seed == 0
@@ -27,12 +31,30 @@ def test_each_seed_gets_a_copy_of_the_traffic_and_the_source_models(settings: Se
         copy = Path((s.database_url or "").removeprefix("sqlite:///"))
         assert copy != db and copy.is_file()
         with sqlite3.connect(copy) as conn:
-            assert conn.execute("select id from exchange").fetchall() == [("x1",)]
+            assert conn.execute("select id from marker").fetchall() == [("x1",)]
         assert (s.models_dir / "marker").read_text() == "model"
     with sqlite3.connect(Path((one.database_url or "").removeprefix("sqlite:///"))) as conn:
-        conn.execute("insert into exchange values ('only-in-one')")
+        conn.execute("insert into marker values ('only-in-one')")
     with sqlite3.connect(db) as conn:
-        assert conn.execute("select count(*) from exchange").fetchone() == (1,)  # the source is untouched
+        assert conn.execute("select count(*) from marker").fetchone() == (1,)  # the source is untouched
+
+
+def test_each_seed_starts_from_the_base_even_after_a_demo_promoted_an_adapter(settings: Settings,
+                                                                             tmp_path: Path) -> None:
+    engine = make_engine(settings.database_url or "")
+    init_db(engine)
+    for version in (1, 2):  # v1 promoted, then v2 promoted over it (v1 retired)
+        name = f"m-safety-v{version}"
+        registry.register_adapter(engine, name, str(tmp_path / name), "m", version, run_id=version)
+        registry.set_canary(engine, name, 0.5)
+        registry.promote(engine, name)
+    assert live_adapters(engine)[0].name == "m-safety-v2"  # type: ignore[union-attr]
+    copy = seeded_home(settings, 3, tmp_path / "runs")
+    copied = make_engine(copy.database_url or "")
+    assert live_adapters(copied) == (None, None)  # the base serves in the copy: a seed trains on the base's traffic
+    assert live_adapters(engine)[0].name == "m-safety-v2"  # type: ignore[union-attr]  # the source is untouched
+    copied.dispose()
+    engine.dispose()
 
 
 def test_the_spread_counts_only_runs_that_registered_an_adapter() -> None:
