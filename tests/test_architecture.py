@@ -8,6 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "careloop"
 PARTS = ("careloop.gateway", "careloop.monitor", "careloop.retrain", "careloop.console")
+GATEWAY_CLIENT = "careloop.gateway.vllm_admin"  # the one vLLM adapter client, which retrain loads checkpoints with
 MAX_LINES = 400
 
 
@@ -104,6 +105,30 @@ def test_the_foundation_imports_no_part() -> None:
     bad = {name: sorted(m for m in deps if m.startswith(PARTS) or m in {"careloop.cli", "careloop.demo"})
            for name, deps in _graph().items() if name.startswith("careloop.core")}
     assert {k: v for k, v in bad.items() if v} == {}
+
+
+def _gateway_reach(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """What each monitor and retrain module imports from the gateway besides its vLLM adapter client."""
+    def in_gateway(m: str) -> bool:
+        return m == "careloop.gateway" or m.startswith("careloop.gateway.")
+
+    bad = {name: sorted(m for m in deps if in_gateway(m) and m != GATEWAY_CLIENT)
+           for name, deps in graph.items() if name.startswith(("careloop.monitor", "careloop.retrain"))}
+    return {k: v for k, v in bad.items() if v}
+
+
+def test_monitor_and_retrain_use_only_the_gateways_adapter_client() -> None:
+    """The monitor and retrain import nothing of the gateway but vllm_admin (tracing lives in careloop.core)."""
+    assert _gateway_reach(_graph()) == {}
+
+
+def test_the_gateway_reach_check_finds_an_import() -> None:
+    """The check above can fail: a monitor module importing the gateway package or a gateway module is reported."""
+    graph = {"careloop.monitor.worker": {"careloop.gateway", "careloop.core.store"},
+             "careloop.retrain.run": {"careloop.gateway.request_id", GATEWAY_CLIENT},
+             "careloop.retrain.generate": {GATEWAY_CLIENT}, "careloop.gateway.app": {"careloop.gateway.proxy"}}
+    assert _gateway_reach(graph) == {"careloop.monitor.worker": ["careloop.gateway"],
+                                     "careloop.retrain.run": ["careloop.gateway.request_id"]}
 
 
 def test_modules_are_short() -> None:

@@ -18,10 +18,11 @@ import aiohttp
 import orjson
 from sqlalchemy.engine import Engine
 
+from careloop.core import telemetry
 from careloop.core.private_files import load_or_create_secret, private_dir
 from careloop.core.settings import Settings, check_admin_token
 from careloop.core.store import init_db, make_engine
-from careloop.gateway import admin, telemetry
+from careloop.gateway import admin
 from careloop.gateway.asgi import CLIENT_GONE, Receive, Scope, Send, send_bytes
 from careloop.gateway.errors import GatewayError, not_found, send_error
 from careloop.gateway.failover import Breakers

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from careloop.core.telemetry import gateway_span
 from careloop.gateway.asgi import CLIENT_GONE, Receive, Scope, Send, read_body
 from careloop.gateway.errors import GatewayError, bad_request, not_found, send_error, upstream_error
 from careloop.gateway.exchange import Exchange, new_exchange_id
@@ -25,7 +26,6 @@ from careloop.gateway.relay import relay
 from careloop.gateway.request_id import request_ids
 from careloop.gateway.routing import choose
 from careloop.gateway.state import GatewayState
-from careloop.gateway.telemetry import gateway_span
 
 
 async def chat_completions(gw: GatewayState, scope: Scope, receive: Receive, send: Send) -> None:

@@ -5,13 +5,16 @@ A request id the client sends is kept when it is a plain token (up to 128 charac
 The gateway takes part in the trace: it keeps the client's trace id (or makes one: the exchange id, which is
 already 32 random-enough hex digits) and sends vLLM a `traceparent` naming its own span as the parent. That
 span's id is the last 16 hex digits of the exchange id (random bits), so later spans (the judge's verdict) can
-name it as their parent from the stored exchange alone.
+name it as their parent from the stored exchange alone (`careloop.core.telemetry.gateway_span_id`, which the
+monitor uses too).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from careloop.core.telemetry import gateway_span_id
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
@@ -63,12 +66,6 @@ def parse_traceparent(value: str | None) -> tuple[str, str, bool] | None:
     if m is None or m.group(1) == "ff" or m.group(2) == _ZERO_TRACE or m.group(3) == _ZERO_SPAN:
         return None
     return m.group(2), m.group(3), bool(int(m.group(4), 16) & 1)
-
-
-def gateway_span_id(exchange_id: str) -> str:
-    """The gateway's span id for an exchange: its last 16 hex digits (never all zero)."""
-    tail = exchange_id[-16:].rjust(16, "0")
-    return tail if tail != _ZERO_SPAN else "0" * 15 + "1"
 
 
 def request_ids(exchange_id: str, request_id: str | None, traceparent: str | None) -> RequestIds:

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from careloop.core import telemetry
 from careloop.core.settings import Settings
 from careloop.core.store import acquire_lease, make_engine
-from careloop.gateway import telemetry
 from careloop.monitor.judges.base import Judge
 from careloop.monitor.launcher import Launcher
 from careloop.monitor.metrics import MonitorMetrics

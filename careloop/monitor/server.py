@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from careloop.core import telemetry
 from careloop.core.settings import Settings
-from careloop.gateway import telemetry
 from careloop.monitor.loop import MonitorService
 
 log = logging.getLogger("careloop.monitor.server")

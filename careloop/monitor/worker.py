@@ -23,11 +23,10 @@ from typing import Any, cast
 from sqlalchemy import Table, func, select, true, update
 from sqlalchemy.engine import Engine
 
+from careloop.core import telemetry
 from careloop.core.schema import Exchange, Verdict, utcnow
 from careloop.core.settings import Settings
 from careloop.core.store import is_sqlite
-from careloop.gateway import telemetry
-from careloop.gateway.request_id import gateway_span_id
 from careloop.monitor.judges.base import Judge, JudgeInput, JudgeResult
 from careloop.monitor.metrics import MonitorMetrics
 from careloop.monitor.scoring import DEFAULT_SCORE_TABLE, normalize_class, safety_score
@@ -126,7 +125,7 @@ def verdict_spans(claimed: Sequence[ClaimedExchange], graded: Mapping[str, Mappi
             telemetry.record_span("judge verdict", start_ns, end_ns, {
                 "careloop.exchange_id": c.id, "careloop.judge": name, "careloop.target": c.target,
                 "careloop.harm_level": res.harm_level, "careloop.response_class": res.response_class},
-                trace_id=c.trace_id, parent_span_id=gateway_span_id(c.id))
+                trace_id=c.trace_id, parent_span_id=telemetry.gateway_span_id(c.id))
 
 
 def queue_depth(engine: Engine) -> int:

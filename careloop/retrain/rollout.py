@@ -16,11 +16,10 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from careloop.core import registry
+from careloop.core import registry, telemetry
 from careloop.core.schema import AdapterStatus, RunStatus
 from careloop.core.settings import Settings
 from careloop.core.store import make_engine
-from careloop.gateway import telemetry
 from careloop.retrain.canary import Decision, analyse_once
 from careloop.retrain.run_record import Heartbeat, RunReport, finish_run
 

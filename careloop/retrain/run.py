@@ -20,11 +20,10 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from careloop.core import registry
+from careloop.core import registry, telemetry
 from careloop.core.schema import RunStatus, utcnow
 from careloop.core.settings import Settings
 from careloop.core.store import init_db, live_adapters, make_engine
-from careloop.gateway import telemetry
 from careloop.monitor.judges.base import Judge
 from careloop.retrain.checkpoints import (
     CycleRecord,

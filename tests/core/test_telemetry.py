@@ -1,6 +1,7 @@
 """OpenTelemetry spans: a client's trace runs from its request through the gateway to the judge's verdict
 (in-memory exporter, then encoded to the OTLP protobuf and parsed back with the protocol's own classes); the
-monitor's jobs get spans; with no endpoint nothing of OpenTelemetry is imported."""
+gateway's span id follows from the exchange id; the monitor's jobs get spans; with no endpoint nothing of
+OpenTelemetry is imported."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from careloop.core import telemetry
 from careloop.core.migrations import upgrade
 from careloop.core.settings import Settings
 from careloop.core.store import make_engine
-from careloop.gateway import telemetry
 from careloop.monitor.worker import JudgeWorker
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.gateway_helpers import running_gateway
@@ -38,17 +39,21 @@ def exporter() -> Iterator[object]:
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_trace_from_client_request_to_verdict(settings: Settings, fake: FakeUpstream, exporter: object
-                                                    ) -> None:
+async def test_trace_from_client_request_to_verdict(settings: Settings, exporter: object) -> None:
+    fake = FakeUpstream()
+    await fake.start()
     settings.upstream = fake.url
     settings.sample_rate = 1.0
     upgrade(settings.database_url or "")
-    async with running_gateway(settings) as (gw, url), aiohttp.ClientSession() as client:
-        assert gw.tracing
-        async with client.post(url + CHAT, json={"model": "assistant", "messages": MESSAGES},
-                               headers={"traceparent": f"00-{TRACE}-{CLIENT_SPAN}-01"}) as resp:
-            assert resp.status == 200
-            exchange_id = resp.headers["x-careloop-exchange-id"]
+    try:
+        async with running_gateway(settings) as (gw, url), aiohttp.ClientSession() as client:
+            assert gw.tracing
+            async with client.post(url + CHAT, json={"model": "assistant", "messages": MESSAGES},
+                                   headers={"traceparent": f"00-{TRACE}-{CLIENT_SPAN}-01"}) as resp:
+                assert resp.status == 200
+                exchange_id = resp.headers["x-careloop-exchange-id"]
+    finally:
+        await fake.stop()
     engine = make_engine(settings.database_url or "")
     worker = JudgeWorker(engine, {"ref": RuleJudge("ref", lambda i: (0, "Accept"))}, reference="ref", backoff_s=0)
     report = await worker.run_once()
@@ -79,6 +84,12 @@ async def test_trace_from_client_request_to_verdict(settings: Settings, fake: Fa
     assert v.parent_span_id.hex() == f"{gw_span.context.span_id:016x}"
     resource = {a.key: a.value.string_value for a in wire.resource_spans[0].resource.attributes}
     assert resource["service.name"] == "careloop-test"
+
+
+def test_gateway_span_id_is_the_exchange_ids_tail_and_never_zero() -> None:
+    assert telemetry.gateway_span_id("0193a1b2c3d4" + "e" * 20) == "e" * 16
+    assert telemetry.gateway_span_id("abc") == "0" * 13 + "abc"  # short ids are padded
+    assert telemetry.gateway_span_id("f" * 16 + "0" * 16) == "0" * 15 + "1"  # all zero is not a valid span id
 
 
 def test_monitor_jobs_get_spans(settings: Settings, exporter: object) -> None:

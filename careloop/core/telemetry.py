@@ -5,7 +5,8 @@ no endpoint the gateway's request path pays one boolean test. Spans are recorded
 careloop already has, so a trace links up without passing context objects around:
 
 - the gateway's span (`gateway → vLLM`) has the request's trace id and the span id the gateway sent vLLM in
-  `traceparent` (the last 16 hex digits of the exchange id), under the client's parent span when it sent one;
+  `traceparent` (`gateway_span_id`: the last 16 hex digits of the exchange id), under the client's parent
+  span when it sent one;
 - the judge worker's span (`judge verdict`) is a child of that gateway span, found from the exchange's stored
   `trace_id` and id, so a client's trace runs from its request to the verdict it received;
 - each monitor job (`monitor <job>`) and each retrain run (`retrain run`) is a root span of its own.
@@ -100,6 +101,12 @@ def record_span(name: str, start_ns: int, end_ns: int, attributes: dict[str, Any
     if error:
         span.set_status(Status(StatusCode.ERROR, error))
     span.end(end_time=end_ns)
+
+
+def gateway_span_id(exchange_id: str) -> str:
+    """The gateway's span id for an exchange: its last 16 hex digits (never all zero)."""
+    tail = exchange_id[-16:].rjust(16, "0")
+    return tail if tail.strip("0") else "0" * 15 + "1"
 
 
 def gateway_span(ids: Any, exchange_id: str, created: float, seconds: float, target: str, role: str,
