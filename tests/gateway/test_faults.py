@@ -277,9 +277,10 @@ async def test_oversized_body_and_header_flood(tmp_path: Path, stub: Stub) -> No
             finally:
                 flood.kill()
                 flood.wait()
-        # Within 2x, or 5 ms on a quiet machine where the p99 without the flood is well under a millisecond and a
-        # single scheduling hiccup of this shared 2-core box would decide (unfixed, one flood stalled for seconds).
-        assert flooded <= max(2 * base, base + 0.005), f"p99 {base * 1e3:.2f} ms -> {flooded * 1e3:.2f} ms"
+        # Unfixed, one flood stalled every other client for seconds (p99 3.2 s). Within 2x, or 50 ms: the flood
+        # process takes a core of a 2-core box, so on a loaded machine (a training beside it) scheduling alone
+        # moved the p99 from 1.8 to 9 ms; a 50 ms bound still fails the stall by two orders of magnitude.
+        assert flooded <= max(2 * base, base + 0.05), f"p99 {base * 1e3:.2f} ms -> {flooded * 1e3:.2f} ms"
     finally:
         await asyncio.to_thread(gw.stop)
 
