@@ -27,7 +27,7 @@ def tiny_loop(settings: Settings, embedded_model_dir: Path, judges_dir: Path) ->
     settings.judges_dir.symlink_to(judges_dir, target_is_directory=True)
     settings.vllm_port, settings.gateway.port, settings.monitor.port = free_port(), free_port(), free_port()
     d = settings.demo
-    d.traffic, d.canary_traffic, d.concurrency, d.max_tokens = 48, 48, 8, 48
+    d.traffic, d.canary_traffic, d.concurrency, d.max_tokens = 48, 48, 8, 24  # short replies: CI time
     d.min_samples, d.cycles, d.timeout_s = 20, 1, 1800
     d.eval_harmful, d.eval_benign, d.eval_xstest_safe = 6, 6, 6
     rs = settings.retrain
