@@ -178,6 +178,11 @@ def _labelled() -> Any:
     return select(col(Verdict.exchange_id)).where(col(Verdict.judge) == HUMAN)
 
 
+def _unlabelled(ids: Any, keep_labelled: bool) -> list[Any]:
+    """The condition that `ids` are not labelled, re-read by the statement itself (none when labels are not kept)."""
+    return [ids.not_in(_labelled())] if keep_labelled else []
+
+
 def _batches(engine: Engine, pick: Any, act: Callable[[Any, list[Any]], int], batch: int, pause_s: float,
              sleep: Callable[[float], None]) -> tuple[int, int]:
     """Run `act` on batches of ids chosen by `pick` until none are left; (rows acted on, batches)."""
@@ -218,11 +223,11 @@ def purge(engine: Engine, r: RetentionSettings, now: datetime | None = None,
             hold_verdicts(conn)
             v_ids, s_ids = col(Verdict.exchange_id), col(ReviewSample.exchange_id)
             report.verdicts_deleted += conn.execute(delete(Verdict).where(
-                v_ids.in_(ids), *([v_ids.not_in(_labelled())] if r.keep_labelled else []))).rowcount
+                v_ids.in_(ids), *_unlabelled(v_ids, r.keep_labelled))).rowcount
             conn.execute(delete(ReviewSample).where(
-                s_ids.in_(ids), *([s_ids.not_in(_labelled())] if r.keep_labelled else [])))
+                s_ids.in_(ids), *_unlabelled(s_ids, r.keep_labelled)))
             return int(conn.execute(delete(Exchange).where(
-                x_id.in_(ids), *([x_id.not_in(_labelled())] if r.keep_labelled else []))).rowcount)
+                x_id.in_(ids), *_unlabelled(x_id, r.keep_labelled))).rowcount)
 
         report.exchanges_deleted, n = _batches(engine, pick.order_by(x_created), drop, r.batch_size, r.pause_s,
                                                sleep)
@@ -237,7 +242,7 @@ def purge(engine: Engine, r: RetentionSettings, now: datetime | None = None,
         def blank(conn: Any, ids: list[Any]) -> int:
             hold_verdicts(conn)
             return int(conn.execute(update(Exchange).where(
-                x_id.in_(ids), *([x_id.not_in(_labelled())] if r.keep_labelled else [])).values(
+                x_id.in_(ids), *_unlabelled(x_id, r.keep_labelled)).values(
                 request_messages=[], request_params={}, response_text=None, text_purged_at=now)).rowcount)
 
         report.text_purged, n = _batches(engine, pick.order_by(x_created), blank, r.batch_size, r.pause_s, sleep)
