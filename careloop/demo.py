@@ -85,6 +85,7 @@ def demo_settings(settings: Settings) -> Settings:
     settings.monitor.min_samples = d.min_samples
     settings.monitor.window_count = max(d.min_samples, min(settings.monitor.window_count, 2 * d.min_samples))
     settings.retrain.max_cycles = d.cycles
+    settings.retrain.torch_threads = d.train_threads
     settings.retrain.canary_min_verdicts = min(settings.retrain.canary_min_verdicts, d.min_samples)
     settings.monitor.auto_retrain = True
     return settings

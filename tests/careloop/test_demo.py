@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -50,3 +51,18 @@ def test_the_command_exits_non_zero_with_the_reason(monkeypatch: pytest.MonkeyPa
     assert "careloop demo failed: canary a-v1 rollback: worse" in out.output
     monkeypatch.setattr(demo, "run_demo", lambda s, c: {**PROMOTED, "result": {"ok": True, "reason": "promoted"}})
     assert CliRunner().invoke(app, ["demo"]).exit_code == 0
+
+
+def test_the_demo_s_training_uses_every_core_and_its_retrain_process_sees_it(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from careloop.core.settings import Settings, load_settings
+    from careloop.stack import careloop_env
+
+    settings = Settings(home=tmp_path)
+    assert settings.retrain.torch_threads == 1  # a retrain beside live traffic leaves vLLM its core
+    settings = demo.demo_settings(settings)
+    env = careloop_env(settings)  # what the monitor, and the retrain run it launches, start with
+    for key in [k for k in os.environ if k.startswith("CARELOOP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CARELOOP_CONFIG_FILE", env["CARELOOP_CONFIG_FILE"])
+    assert load_settings().retrain.torch_threads == settings.demo.train_threads == 0

@@ -110,6 +110,9 @@ class DemoSettings(BaseModel):
     sample_rate: float = Field(default=1.0, description="Share judged; 1: every exchange, so the window fills fast.")
     min_samples: int = Field(default=60, description="The monitor's min_samples during the demo.")
     cycles: int = Field(default=2, description="Retrain cycles of the demo's run.")
+    train_threads: int = Field(default=0, description=(
+        "retrain.torch_threads during the demo (0: all cores): the demo sends no traffic while its run trains, so "
+        "the training need not leave a core to vLLM."))
     eval_harmful: int = Field(default=60, description="Held-out harmful prompts evaluated before and after.")
     eval_benign: int = Field(default=60, description="Held-out benign prompts evaluated before and after.")
     eval_xstest_safe: int = Field(default=100, description="Held-out XSTest safe prompts evaluated before and after.")
