@@ -24,6 +24,7 @@ class FakeUpstream:
     cancelled: int = 0  # chat requests whose client (the gateway) went away before the answer ended
     admin_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     loaded: set[str] = field(default_factory=set)
+    roots: dict[str, str] = field(default_factory=dict)  # adapter name -> the path it was loaded from
     refuse_loads: set[str] = field(default_factory=set)  # adapter names this replica fails to load
     base_model: str = "smollm2-135m"
     port: int = 0
@@ -54,7 +55,8 @@ class FakeUpstream:
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": self.base_model, "object": "model"}] + [
-            {"id": n, "object": "model", "parent": self.base_model} for n in sorted(self.loaded)]
+            {"id": n, "object": "model", "parent": self.base_model, **({"root": self.roots[n]} if n in self.roots
+                                                                        else {})} for n in sorted(self.loaded)]
         return web.json_response({"object": "list", "data": data})
 
     async def _load(self, request: web.Request) -> web.Response:
@@ -65,12 +67,14 @@ class FakeUpstream:
         if body["lora_name"] in self.loaded:
             return web.Response(status=400, text=f"The lora adapter '{body['lora_name']}' has already been loaded.")
         self.loaded.add(body["lora_name"])
+        self.roots[body["lora_name"]] = body["lora_path"]
         return web.Response(text="Success")
 
     async def _unload(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.admin_calls.append(("unload", body))
         self.loaded.discard(body["lora_name"])
+        self.roots.pop(body["lora_name"], None)
         return web.Response(text="Success")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:

@@ -71,6 +71,25 @@ async def test_unloadable_stable_keeps_the_previous_target(replicas: list[FakeUp
         assert routes.stable == BASE and routes.stable_adapter is None
 
 
+async def test_a_name_loaded_from_other_weights_is_reloaded_from_the_registry_s_path(
+        replicas: list[FakeUpstream]) -> None:
+    # vLLM still holds "v1" from another store (reset home, a server shared with other tests): same name,
+    # other weights. Serving it would be serving an adapter nobody registered.
+    replicas[0].loaded.add("v1")
+    replicas[0].roots["v1"] = "/old-home/adapters/v1"
+    view = RegistryView(stable=("v1", "/a/v1"))
+    async with aiohttp.ClientSession() as session:
+        routes = await reconcile(session, view, [r.url for r in replicas], BASE)
+        for fake in replicas:
+            assert (await loaded_models(session, fake.url))["v1"]["root"] == "/a/v1"
+        calls = [(c, b["lora_name"]) for c, b in replicas[0].admin_calls]
+        assert calls == [("unload", "v1"), ("load", "v1")]
+        # Loaded from the right path already: left alone.
+        await reconcile(session, view, [r.url for r in replicas], BASE, previous=routes)
+        assert len(replicas[0].admin_calls) == 2
+    assert routes.stable == "v1" and len(routes.replicas) == 2
+
+
 async def test_view_round_trips_through_json() -> None:
     view = RegistryView(stable=("v2", "/a/v2"), canary=("v3", "/a/v3"), canary_fraction=0.5, dead=("v1",))
     assert RegistryView.from_json(view.to_json()) == view
