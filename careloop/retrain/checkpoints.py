@@ -25,6 +25,7 @@ class CycleRecord:
     seconds: float
     signatures: dict[str, Any] = field(default_factory=dict)  # the design's three failure signatures
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the cycle
+    served_as: str | None = None  # the name vLLM serves this checkpoint under as the next cycle's policy
 
 
 class PhaseClock:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,7 +120,7 @@ def run_retrain(settings: Settings, *, run_id: int | None = None, cycles: int | 
         say(f"run {rid} failed: {error}")
         raise
     finally:
-        _unload_policies(settings, rid, report.cycles)
+        _unload_policies(settings, report.cycles)
         report.wall_s = round(time.monotonic() - t0, 1)
         report.outcome = "failed" if status == RunStatus.FAILED else outcome
         report.write(run_dir)
@@ -193,7 +194,8 @@ def _run(settings: Settings, engine: Engine, rid: int, run_dir: Path, report: Ru
             break
         if not record.rejected:
             prev_adapter = Path(record.adapter_dir)
-            policy_model = f"run{rid}-policy-c{cycle}"
+            # Unique on the server: another store (a reset home, a shared vLLM) may have its own run {rid}.
+            policy_model = record.served_as = f"run{rid}-policy-c{cycle}-{uuid.uuid4().hex[:8]}"
             load_adapter(settings.upstream, policy_model, record.adapter_dir, api_key=settings.upstream_api_key)
         stop = gains.update(record.validation["overall"], record.rejected is not None)
         sig = failure_signatures(record.validation["err"], record.dpo_skipped, gains.flat, rs)
@@ -359,12 +361,11 @@ def _check_served(settings: Settings, base_model_dir: Path, adapter_dir: Path, v
     return check
 
 
-def _unload_policies(settings: Settings, rid: int, cycles: Sequence[CycleRecord]) -> None:
+def _unload_policies(settings: Settings, cycles: Sequence[CycleRecord]) -> None:
     """Unload the cycles' policy adapters from vLLM (the registered copy is loaded by the gateway)."""
     for c in cycles:
-        if not c.rejected:
-            unload_adapter(settings.upstream, f"run{rid}-policy-c{c.cycle}", api_key=settings.upstream_api_key,
-                           timeout_s=10.0)
+        if c.served_as:
+            unload_adapter(settings.upstream, c.served_as, api_key=settings.upstream_api_key, timeout_s=10.0)
 
 
 def _register(settings: Settings, engine: Engine, rid: int, report: RunReport, record: CycleRecord,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -76,6 +78,12 @@ def test_run_trains_two_cycles_registers_canaries_and_promotes(settings: Setting
         feeder.join(5)
     assert report.data["traffic"] == 4
     assert len(report.cycles) == 2
+    # Cycle 1's checkpoint served cycle 2's policy replies under a name no other store's run 1 uses, and the
+    # run unloaded it: vLLM serves none of the run's policies now.
+    served_as = report.cycles[0].served_as
+    assert served_as and served_as.startswith(f"run{report.run_id}-policy-c1-")
+    with urllib.request.urlopen(f"{vllm_url}/v1/models", timeout=10) as resp:
+        assert served_as not in {m["id"] for m in json.load(resp)["data"]}
     assert report.vllm_peft_check and report.vllm_peft_check["ok"]
     assert report.cycles[0].dpo is not None, report.cycles[0].dpo_skipped  # KTO → DPO in the first cycle
     assert "vs_base" in report.cycles[0].validation
