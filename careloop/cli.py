@@ -104,6 +104,9 @@ def serve(
 def up(
     port: Annotated[int | None, typer.Option(help="Gateway port.")] = None,
     no_monitor: Annotated[bool, typer.Option("--no-monitor", help="Serve only; judge nothing.")] = False,
+    vllm: Annotated[str | None, typer.Option(help=(
+        "Use the vLLM already serving at this URL instead of starting one (CARELOOP_VLLM_MANAGED=false "
+        "with CARELOOP_UPSTREAM).")) ] = None,
 ) -> None:
     """The whole loop on one machine: vLLM on CPU with the embedded model, gateway, monitor, console, SQLite."""
     from careloop.stack import run_stack
@@ -111,6 +114,8 @@ def up(
     settings = settings_from_cli()
     if port:
         settings.gateway.port = port
+    if vllm:
+        settings.upstream, settings.vllm_managed = vllm.rstrip("/"), False
     raise typer.Exit(run_stack(settings, console=console, with_monitor=not no_monitor))
 
 

@@ -162,8 +162,9 @@ def port_in_use(host: str, port: int) -> bool:
 
 def check_ports(settings: Settings, with_monitor: bool) -> None:
     """Fail before starting anything if a port the stack needs is taken (another `careloop up`?)."""
-    wanted = [("vLLM", "127.0.0.1", settings.vllm_port, "CARELOOP_VLLM_PORT"),
-              ("gateway", settings.gateway.host, settings.gateway.port, "CARELOOP_GATEWAY__PORT")]
+    wanted = [("gateway", settings.gateway.host, settings.gateway.port, "CARELOOP_GATEWAY__PORT")]
+    if settings.vllm_managed:
+        wanted.insert(0, ("vLLM", "127.0.0.1", settings.vllm_port, "CARELOOP_VLLM_PORT"))
     if with_monitor:
         wanted.append(("monitor", settings.monitor.host, settings.monitor.port, "CARELOOP_MONITOR__PORT"))
     if settings.console.enabled:
@@ -207,6 +208,24 @@ def wait_http(url: str, child: Child | None, timeout_s: float, tick: Callable[[f
         time.sleep(0.5)
 
 
+RUNNING_VLLM_WAIT_S = 60.0  # how long `up` waits for a vLLM it did not start (it may be starting too)
+
+
+def start_vllm(stack: Stack, console: Console) -> None:
+    """Start vLLM as a child of the stack, or (vllm_managed false) wait for the one at `upstream`."""
+    settings = stack.settings
+    if not settings.vllm_managed:
+        with console.status(f"waiting for the vLLM at {settings.upstream}…"):
+            wait_http(f"{settings.upstream}/health", None, RUNNING_VLLM_WAIT_S)
+        console.print(f"[green]using the running vLLM[/] at {settings.upstream} (vllm_managed is false)")
+        return
+    with console.status("starting vLLM (CPU) with the embedded model…") as status:
+        child = spawn(stack, "vllm", vllm_command(settings), vllm_env(settings))
+        wait_http(f"{settings.upstream}/health", child, 600,
+                  tick=lambda s: status.update(f"starting vLLM (CPU) with the embedded model… {s:.0f} s"))
+    console.print(f"[green]vLLM ready[/] at {settings.upstream} (log: {child.log_path})")
+
+
 def start_stack(settings: Settings, console: Console, with_monitor: bool = True) -> Stack:
     """Prepare the model and store, then start vLLM, the gateway, (optionally) the monitor, and the console."""
     from careloop.core.migrations import upgrade
@@ -219,15 +238,12 @@ def start_stack(settings: Settings, console: Console, with_monitor: bool = True)
         from careloop.monitor.judges.distilled_train import ensure_distilled
 
         ensure_distilled(settings)  # trains the judge once on a fresh home (minutes), before the monitor waits
-    settings.upstream = f"http://127.0.0.1:{settings.vllm_port}"
+    if settings.vllm_managed:
+        settings.upstream = f"http://127.0.0.1:{settings.vllm_port}"
     check_ports(settings, with_monitor)
     stack = Stack(settings)
     try:
-        with console.status("starting vLLM (CPU) with the embedded model…") as status:
-            child = spawn(stack, "vllm", vllm_command(settings), vllm_env(settings))
-            wait_http(f"{settings.upstream}/health", child, 600,
-                      tick=lambda s: status.update(f"starting vLLM (CPU) with the embedded model… {s:.0f} s"))
-        console.print(f"[green]vLLM ready[/] at {settings.upstream} (log: {child.log_path})")
+        start_vllm(stack, console)
         env = careloop_env(settings)
         with console.status("starting the gateway…"):
             child = spawn(stack, "gateway", [sys.executable, "-m", "careloop.cli", "serve"], env)

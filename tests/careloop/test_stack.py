@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,56 @@ def test_the_console_port_is_checked_unless_the_console_is_off(settings: Setting
             check_ports(settings, with_monitor=False)
         settings.console.enabled = False
         check_ports(settings, with_monitor=False)
+
+
+def _with_model(settings: Settings, model_dir: Path) -> Settings:
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    settings.base_model_dir.symlink_to(model_dir, target_is_directory=True)
+    return settings
+
+
+async def test_up_uses_a_running_vllm_instead_of_starting_one(settings: Settings, embedded_model_dir: Path) -> None:
+    import asyncio
+
+    import aiohttp
+    from rich.console import Console
+
+    from careloop.stack import start_stack
+    from tests.conftest import free_port
+    from tests.gateway.fake_upstream import FakeUpstream
+
+    settings = _with_model(settings, embedded_model_dir)
+    upstream = FakeUpstream()
+    await upstream.start()
+    with socket.socket() as taken:  # the port vLLM would start on is taken: not checked, nothing starts there
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings.vllm_port, settings.vllm_managed, settings.upstream = taken.getsockname()[1], False, upstream.url
+        settings.gateway.port, settings.console.enabled = free_port(), False
+        stack = await asyncio.to_thread(start_stack, settings, Console(quiet=True), False)
+    try:
+        assert [c.name for c in stack.children] == ["gateway"]
+        body = {"model": settings.public_model, "messages": [{"role": "user", "content": "hi"}]}
+        async with aiohttp.ClientSession() as http, http.post(f"{stack.gateway_url}/v1/chat/completions",
+                                                              json=body) as resp:
+            assert resp.status == 200, await resp.text()
+        assert len(upstream.requests) == 1  # the gateway answered from the running upstream
+    finally:
+        await asyncio.to_thread(stack.stop)
+        await upstream.stop()
+
+
+def test_up_fails_clearly_when_the_running_vllm_is_not_there(settings: Settings, embedded_model_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from careloop import stack
+    from careloop.stack import start_stack
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(stack, "RUNNING_VLLM_WAIT_S", 1.0)
+    settings = _with_model(settings, embedded_model_dir)
+    settings.vllm_managed, settings.upstream = False, f"http://127.0.0.1:{free_port()}"
+    settings.gateway.port, settings.console.enabled = free_port(), False
+    with pytest.raises(TimeoutError, match=settings.upstream):
+        start_stack(settings, Console(quiet=True), with_monitor=False)

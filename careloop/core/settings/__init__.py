@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         "Share of canary traffic sent to the judges."))
     data_dir: Path = Field(default=REPO_ROOT / "data", description="The vendored data sets and seed set.")
     vllm_port: int = Field(default=8000, description="Port of the vLLM server `careloop up` starts.")
+    vllm_managed: bool = Field(default=True, description=(
+        "`careloop up` / `demo` start vLLM themselves on vllm_port; false: they use the vLLM already serving at "
+        "`upstream` (a GPU node, a server shared by tests) and start the rest."))
     vllm_kv_cache_gb: int = Field(default=2, description="vLLM's KV cache size on the CPU (GiB).")
     vllm_dtype: Literal["auto", "bfloat16", "float32"] = Field(default="auto", description=(
         "auto: bfloat16 where the CPU multiplies it natively (AVX-512 BF16, AMX, Arm BF16), else float32."))
