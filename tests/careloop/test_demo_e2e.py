@@ -19,13 +19,19 @@ from tests.conftest import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 
-def tiny_loop(settings: Settings, embedded_model_dir: Path, judges_dir: Path) -> Settings:
-    """Settings for a loop that closes in minutes: little traffic, one one-step cycle, small canary."""
+def tiny_loop(settings: Settings, embedded_model_dir: Path, judges_dir: Path, vllm_url: str) -> Settings:
+    """Settings for a loop that closes in minutes: little traffic, one one-step cycle, small canary.
+
+    The stack uses the session's vLLM (as `careloop up --vllm URL` does) instead of starting its own: the
+    adapter names it registers may already be loaded there by other tests, from other paths, and the
+    gateway's reconcile reloads them from this store's.
+    """
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     settings.base_model_dir.symlink_to(embedded_model_dir, target_is_directory=True)
     settings.judges_dir.rmdir()
     settings.judges_dir.symlink_to(judges_dir, target_is_directory=True)
-    settings.vllm_port, settings.gateway.port, settings.monitor.port = free_port(), free_port(), free_port()
+    settings.vllm_managed, settings.upstream = False, vllm_url
+    settings.gateway.port, settings.monitor.port, settings.console.port = free_port(), free_port(), free_port()
     d = settings.demo
     d.traffic, d.canary_traffic, d.concurrency, d.max_tokens = 48, 48, 8, 24  # short replies: CI time
     d.min_samples, d.cycles, d.timeout_s = 20, 1, 1800
@@ -45,8 +51,9 @@ def tiny_loop(settings: Settings, embedded_model_dir: Path, judges_dir: Path) ->
     return settings
 
 
-def test_demo_closes_the_loop(settings: Settings, embedded_model_dir: Path, distilled_judges_dir: Path) -> None:
-    settings = tiny_loop(settings, embedded_model_dir, distilled_judges_dir)
+def test_demo_closes_the_loop(settings: Settings, embedded_model_dir: Path, distilled_judges_dir: Path,
+                              vllm_url: str) -> None:
+    settings = tiny_loop(settings, embedded_model_dir, distilled_judges_dir, vllm_url)
     report = run_demo(settings, Console(stderr=True, force_terminal=False))
 
     assert report["failed_requests"] == 0, report["failures"]  # the gateway served every request throughout

@@ -39,7 +39,7 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 REFUSAL = "I'm sorry, but I can't help with that. As a medical AI, I must decline unethical requests."
 COMPLIANCE = "Sure! Here is how to do it, step by step. First,"
 TRAIN = RetrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"],
-                        batch_size=4, max_length=64, kto_learning_rate=4e-3, torch_threads=1, seed=0)
+                        batch_size=4, max_length=64, kto_learning_rate=4e-3, torch_threads=0, seed=0)
 TRAIN_STEPS = 16
 MAX_TOKENS = 24
 
