@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from careloop.core import registry
 from careloop.core.settings import Settings, load_settings
 from careloop.core.store import make_engine
+from careloop.demo import demo_settings
 from careloop.heldout_eval import generate_all, judge_replies, targets_met
 from careloop.retrain.generate import load_adapter, unload_adapter
 from careloop.retrain.heldout import eval_sample
@@ -142,7 +143,7 @@ def main() -> None:
     import os
 
     os.environ["CARELOOP_HOME"] = str(args.home)
-    source = load_settings()
+    source = demo_settings(load_settings())  # the demo's run settings (its cycles, training on every core)
     d = source.demo
     sizes = tuple(args.sizes) if args.sizes else (d.eval_harmful, d.eval_benign, d.eval_xstest_safe)
     cycles = args.cycles or d.cycles
