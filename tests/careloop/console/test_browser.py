@@ -41,6 +41,7 @@ CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
                                 reason="needs Debian's chromium and chromium-driver (scripts/setup.sh --dev)")
 
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -144,6 +145,22 @@ def wait(browser: WebDriver, condition: object, timeout: float = 10) -> object:
     return WebDriverWait(browser, timeout).until(condition)  # type: ignore[arg-type]
 
 
+def replaced(element: object) -> object:
+    """A condition: the element has left the page. Like `staleness_of`, but Chromium 156's driver sometimes
+    says so with "Node with given id does not belong to the document" instead of a stale-element error."""
+    def check(_: WebDriver) -> bool:
+        try:
+            element.is_enabled()  # type: ignore[attr-defined]
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" not in str(exc):
+                raise
+            return True
+        return False
+    return check
+
+
 def shot(console: Console, browser: WebDriver, name: str) -> None:
     """Save a screenshot of the whole page (through the DevTools protocol: beyond the window's height)."""
     width, height = browser.execute_script("return [document.documentElement.scrollWidth, "
@@ -195,7 +212,7 @@ def test_label_fifty_items_with_the_keyboard_only(console: Console, browser: Web
         eid = item.get_attribute("data-exchange")  # type: ignore[attr-defined]
         level, key = n % 4, "acr"[n % 3]
         press(console, browser, str(level), key, Keys.ENTER)
-        wait(browser, ec.staleness_of(item))
+        wait(browser, replaced(item))
         labelled[eid] = (level, classes[key])
     seconds = time.monotonic() - t0
     per_item = console.keys["total"] / ITEMS
