@@ -106,7 +106,7 @@ def up(
     no_monitor: Annotated[bool, typer.Option("--no-monitor", help="Serve only; judge nothing.")] = False,
     vllm: Annotated[str | None, typer.Option(help=(
         "Use the vLLM already serving at this URL instead of starting one (CARELOOP_VLLM_MANAGED=false "
-        "with CARELOOP_UPSTREAM).")) ] = None,
+        "with CARELOOP_UPSTREAM)."))] = None,
 ) -> None:
     """The whole loop on one machine: vLLM on CPU with the embedded model, gateway, monitor, console, SQLite."""
     from careloop.stack import run_stack

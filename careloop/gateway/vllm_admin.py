@@ -105,19 +105,6 @@ def read_registry(engine: Engine) -> RegistryView:
                         canary_fraction=canary.canary_fraction if canary else 0.0, dead=dead)
 
 
-async def _unload_other_weights(session: aiohttp.ClientSession, upstream: str, name: str,
-                                models: dict[str, dict[str, Any]], api_key: str | None) -> bool:
-    """Unload `name` where vLLM holds it from another path (a reset store or a shared server reused the name)."""
-    log.warning("%s on %s serves %s, not the registry's path: reloading", name, upstream, models[name].get("root"))
-    try:
-        await unload_adapter(session, upstream, name, api_key)
-    except (aiohttp.ClientError, TimeoutError, AdapterLoadError) as exc:
-        log.error("could not unload %s from %s: %s", name, upstream, exc)
-        return False
-    models.pop(name, None)
-    return True
-
-
 async def reconcile(session: aiohttp.ClientSession, view: RegistryView, upstreams: list[str], base_model: str,
                     previous: Routes | None = None, api_key: str | None = None,
                     default_canary_fraction: float = 0.1) -> Routes:
@@ -137,7 +124,9 @@ async def reconcile(session: aiohttp.ClientSession, view: RegistryView, upstream
         except (aiohttp.ClientError, TimeoutError, AdapterLoadError, ValueError) as exc:
             log.warning("replica %s unreachable during reconcile: %s", upstream, exc)
             continue
-        for name in view.dead:
+        # Rolled back, or held under a registry name from another path (a reset store, a shared server).
+        other_weights = [n for n, p in wanted if n in models and models[n].get("root", p) != p]
+        for name in [*view.dead, *other_weights]:
             if name in models:
                 try:
                     await unload_adapter(session, upstream, name, api_key)
@@ -146,9 +135,7 @@ async def reconcile(session: aiohttp.ClientSession, view: RegistryView, upstream
                 except (aiohttp.ClientError, TimeoutError, AdapterLoadError) as exc:
                     log.warning("could not unload %s from %s: %s", name, upstream, exc)
         for name, path in wanted:
-            if name in models and models[name].get("root", path) == path:
-                continue
-            if name in models and not await _unload_other_weights(session, upstream, name, models, api_key):
+            if name in models:
                 continue
             try:
                 await load_adapter(session, upstream, name, path, api_key)
