@@ -5,7 +5,11 @@ in-process judge, so the figure is the monitor's own cost), write verdicts, foll
 refresh the queue gauge, evaluate the trigger rules. Start-up (loading the windows) is timed too.
 
     .venv/bin/python bench/monitor_bench.py                 # SQLite, 1k vs 1M
-    .venv/bin/python bench/monitor_bench.py --sizes 1000 100000 --database-url postgresql://postgres@127.0.0.1/x
+    .venv/bin/python bench/monitor_bench.py --sizes 1000 10000000 --database-url postgresql://postgres@127.0.0.1/test
+
+On PostgreSQL each size gets its own scratch database on that server (created from the URL's database, dropped
+afterwards) at the schema's head revision, as `careloop db upgrade` leaves a store: exchange and verdict in day
+partitions, one per day of the fill's 30 days, filled by COPY.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from retention_bench import scratch_db  # bench/ is on the path when a bench script runs
+
+from careloop.core.migrations import upgrade
+from careloop.core.retention import ensure_partitions
 from careloop.core.schema import Exchange, Verdict, utcnow
 from careloop.core.settings import Settings
 from careloop.core.store import init_db, make_engine
@@ -73,6 +81,38 @@ def fill(engine: Any, n: int, adapters: int = 4) -> None:
             conn.execute(v_table.insert(), vs)
 
 
+def copy_fill(url: str, n: int, adapters: int = 4) -> None:
+    """The same rows as `fill`, into a partitioned PostgreSQL store by COPY (10 million in minutes, not hours)."""
+    import psycopg
+
+    now = utcnow()
+
+    def rows() -> Iterator[tuple[str, datetime, str]]:
+        ids = random.Random(0)  # the same ids on both passes, without holding 10 million rows
+        for k in range(n):
+            yield (uuid.UUID(int=ids.getrandbits(128)).hex, now - timedelta(seconds=(n - k) * 30 * 86400 / n),
+                   f"adapter-{k % adapters}")
+
+    rng = random.Random(1)
+    ex_cols = ("id", "created_at", "public_model", "target", "role", "request_messages", "request_params",
+               "response_text", "status", "stream", "sampled", "judge_state")
+    v_cols = ("exchange_id", "created_at", "adapter", "judge", "judge_version", "harm_level", "response_class",
+              "score")
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY exchange ({', '.join(ex_cols)}) FROM STDIN") as ex:
+            for ex_id, at, adapter in rows():
+                ex.write_row((ex_id, at, "assistant", adapter, "stable", '[{"role": "user", "content": "q"}]', "{}",
+                              "a", 200, False, True, "done"))
+        with cur.copy(f"COPY verdict ({', '.join(v_cols)}) FROM STDIN") as ver:
+            for ex_id, at, adapter in rows():
+                h, c = rng.randint(0, 3), rng.choice(RESPONSE_CLASSES)
+                ver.write_row((ex_id, at, adapter, "distilled", "bench", h, c, safety_score(h, c)))
+        conn.commit()
+        cur.execute("ANALYZE exchange")
+        cur.execute("ANALYZE verdict")
+        conn.commit()
+
+
 def new_traffic(engine: Any, n: int) -> None:
     """n sampled, pending exchanges as the gateway writes them."""
     ex_table = Exchange.metadata.tables["exchange"]
@@ -91,9 +131,16 @@ async def measure(url: str, size: int, cycles: int, per_cycle: int, fill_store: 
     settings.monitor.judges = ["distilled"]
     settings.monitor.retrain_command = [sys.executable, "-c", "pass", "{run_id}"]
     engine = make_engine(url)
-    init_db(engine)
+    postgres = url.startswith("postgresql")
+    if postgres:
+        upgrade(url)
+        ensure_partitions(engine, now=utcnow() - timedelta(days=31), days_ahead=32)
+    else:
+        init_db(engine)
     t0 = time.perf_counter()
-    if fill_store:
+    if fill_store and postgres:
+        copy_fill(url, size)
+    elif fill_store:
         fill(engine, size)
     fill_s = time.perf_counter() - t0
     service = MonitorService.create(settings, engine=engine, judges={"distilled": ConstantJudge()},
@@ -122,23 +169,19 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 1_000_000])
     parser.add_argument("--cycles", type=int, default=30)
     parser.add_argument("--per-cycle", type=int, default=64, help="new sampled exchanges per cycle")
-    parser.add_argument("--database-url", default=None, help="PostgreSQL URL (an empty database); default SQLite")
+    parser.add_argument("--database-url", default=None,
+                        help="a PostgreSQL database to create scratch databases from; default SQLite")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
     results = []
     for size in args.sizes:
+        print(f"filling {size:,} verdicts …", flush=True)
         if args.database_url:
-            url = args.database_url
-            engine = make_engine(url)
-            init_db(engine)
-            with engine.begin() as conn:  # a clean table per size
-                conn.execute(Verdict.metadata.tables["verdict"].delete())
-                conn.execute(Exchange.metadata.tables["exchange"].delete())
-            engine.dispose()
+            with scratch_db(args.database_url) as url:
+                results.append(asyncio.run(measure(url, size, args.cycles, args.per_cycle, True)))
         else:
             url = f"sqlite:///{tempfile.mkdtemp(prefix='careloop-bench-db-')}/store.db"
-        print(f"filling {size:,} verdicts …", flush=True)
-        results.append(asyncio.run(measure(url, size, args.cycles, args.per_cycle, True)))
+            results.append(asyncio.run(measure(url, size, args.cycles, args.per_cycle, True)))
         print(json.dumps(results[-1]), flush=True)
     base = results[0]
     print(f"\n{'stored verdicts':>16} {'startup s':>10} {'loaded':>8} {'cycle ms':>9} {'p90 ms':>8} "

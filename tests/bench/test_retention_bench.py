@@ -25,3 +25,9 @@ def test_retention_bench_small() -> None:
     assert dropped["labelled_kept"] == 4 and dropped["upgrade_to_0006_s"] is not None
     assert all(r["inserts_per_s_before"] > 0 for r in results)
     assert "partition drop" in table(results)
+
+
+@pytest.mark.postgres
+def test_retention_bench_one_mode() -> None:
+    (only,) = bench(PG_ADMIN_URL, exchanges=600, days=2, judged=0.2, labelled=0, writers=1, modes=("partitions",))
+    assert only["mode"].startswith("partition drop") and only["partitions_dropped"] == 2
