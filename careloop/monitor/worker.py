@@ -1,8 +1,10 @@
 """The judge worker: claims sampled, unjudged exchanges and has every configured judge grade them.
 
-Queue states on `exchange.judge_state`: pending → claimed → done (or failed/skipped). Claiming is one
-`UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING …` statement, so several workers on
-PostgreSQL never take the same rows; SQLite runs it as one atomic statement too (one worker is expected there).
+Queue states on `exchange.judge_state`: pending → claimed → done (or failed/skipped). On PostgreSQL a claim
+takes the queue's oldest rows with `SELECT … FOR UPDATE SKIP LOCKED`, so several workers never take the same
+rows, then updates them by their whole key (id and created_at): on a store in day partitions every later
+statement reads only the partitions of the claimed rows' days, not all of them. SQLite runs the claim as one
+atomic `UPDATE … WHERE id IN (SELECT …) RETURNING …` (one worker is expected there).
 Claims older than `claim_timeout_s` (a worker died) are taken again. Each judge runs on its own with retries
 and backoff; one that keeps failing is skipped for a while and never stops the others.
 """
@@ -17,10 +19,10 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, true, update
+from sqlalchemy import ColumnElement, Table, func, select, true, update
 from sqlalchemy.engine import Engine
 
 from careloop.core import telemetry
@@ -48,6 +50,7 @@ class ClaimedExchange:
     response: str | None
     done_judges: frozenset[str] = frozenset()
     trace_id: str | None = None  # the client request's trace (issue 23): the verdict's span joins it
+    created_at: datetime | None = None  # with id, the row's key on a partitioned store
 
     def judge_input(self) -> JudgeInput:
         """This exchange as a judge reads it."""
@@ -91,27 +94,42 @@ def claim_batch(engine: Engine, worker_id: str, limit: int, claim_timeout_s: flo
         (_X.c.judge_state == "claimed", _X.c.claimed_at < stale),
     ]
     rows: list[Any] = []
+    claimed = (_X.c.id, _X.c.target, _X.c.request_messages, _X.c.response_text, _X.c.trace_id, _X.c.created_at)
     with engine.begin() as conn:
         for conditions in queues:
             want = limit - len(rows)
             if want <= 0:
                 break
-            sub = (select(_X.c.id).where(_X.c.sampled == true(), *conditions)
-                   .order_by(_X.c.created_at).limit(want))
-            if not sqlite:
-                sub = sub.with_for_update(skip_locked=True)
-            stmt = (update(_X).where(_X.c.id.in_(sub.scalar_subquery()))
-                    .values(judge_state="claimed", claimed_by=worker_id, claimed_at=now)
-                    .returning(_X.c.id, _X.c.target, _X.c.request_messages, _X.c.response_text, _X.c.trace_id))
-            rows += conn.execute(stmt).all()
+            queue = (_X.c.sampled == true(), *conditions)
+            values = {"judge_state": "claimed", "claimed_by": worker_id, "claimed_at": now}
+            if sqlite:
+                oldest = select(_X.c.id).where(*queue).order_by(_X.c.created_at).limit(want)
+                stmt = update(_X).where(_X.c.id.in_(oldest.scalar_subquery()))
+            else:
+                picked = conn.execute(select(_X.c.id, _X.c.created_at).where(*queue).order_by(_X.c.created_at)
+                                      .limit(want).with_for_update(skip_locked=True)).all()
+                if not picked:
+                    continue
+                stmt = update(_X).where(*exchange_keys(engine, [p[0] for p in picked], [p[1] for p in picked]))
+            rows += conn.execute(stmt.values(**values).returning(*claimed)).all()
         if not rows:
             return []
         ids = [r[0] for r in rows]
         done: dict[str, set[str]] = {}
-        for ex_id, judge in conn.execute(select(_V.c.exchange_id, _V.c.judge)
-                                         .where(_V.c.exchange_id.in_(ids))):
+        seen = select(_V.c.exchange_id, _V.c.judge).where(_V.c.exchange_id.in_(ids))
+        if not sqlite:  # a verdict is written after its exchange (a day's margin for clocks apart)
+            seen = seen.where(_V.c.created_at >= min(r[5] for r in rows) - timedelta(days=1))
+        for ex_id, judge in conn.execute(seen):
             done.setdefault(ex_id, set()).add(judge)
-    return [ClaimedExchange(r[0], r[1], r[2] or [], r[3], frozenset(done.get(r[0], ())), r[4]) for r in rows]
+    return [ClaimedExchange(r[0], r[1], r[2] or [], r[3], frozenset(done.get(r[0], ())), r[4], r[5]) for r in rows]
+
+
+def exchange_keys(engine: Engine, ids: Sequence[str], created: Sequence[datetime | None]) -> list[ColumnElement[bool]]:
+    """Conditions that match these exchanges; on PostgreSQL by created_at too, so only their day partitions are read."""
+    conditions: list[ColumnElement[bool]] = [_X.c.id.in_(ids)]
+    if not is_sqlite(str(engine.url)) and created and all(c is not None for c in created):
+        conditions.append(_X.c.created_at.in_(sorted(set(created))))
+    return conditions
 
 
 def verdict_spans(claimed: Sequence[ClaimedExchange], graded: Mapping[str, Mapping[str, JudgeResult]],
@@ -269,7 +287,7 @@ class JudgeWorker:
     def _write(self, claimed: Sequence[ClaimedExchange], graded: Mapping[str, Mapping[str, JudgeResult]],
                report: CycleReport) -> None:
         """Insert verdicts and move each exchange on, in one transaction, only for claims still ours."""
-        ids = [c.id for c in claimed]
+        keys = exchange_keys(self.engine, [c.id for c in claimed], [c.created_at for c in claimed])
         verdicts: list[dict[str, Any]] = []
         states: dict[str, str] = {}
         require_reference = self.reference in self.judges
@@ -304,8 +322,7 @@ class JudgeWorker:
                     states[c.id] = "pending"
                     self._attempts[c.id] = attempts
         with self.engine.begin() as conn:
-            lock = select(_X.c.id).where(_X.c.id.in_(ids), _X.c.claimed_by == self.worker_id,
-                                             _X.c.judge_state == "claimed")
+            lock = select(_X.c.id).where(*keys, _X.c.claimed_by == self.worker_id, _X.c.judge_state == "claimed")
             if not is_sqlite(str(self.engine.url)):
                 lock = lock.with_for_update()
             ours = {r[0] for r in conn.execute(lock)}
@@ -319,7 +336,7 @@ class JudgeWorker:
                 values: dict[str, Any] = {"judge_state": state}
                 if state == "pending":
                     values.update(claimed_by=None, claimed_at=None)
-                conn.execute(update(_X).where(_X.c.id.in_(targets)).values(**values))
+                conn.execute(update(_X).where(*keys, _X.c.id.in_(targets)).values(**values))
         report.verdicts += len(rows)
         report.done += sum(1 for i, s in states.items() if s == "done" and i in ours)
         report.released += sum(1 for i, s in states.items() if s == "pending" and i in ours)

@@ -8,13 +8,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select as sa_select
 from sqlalchemy import update
 from sqlmodel import Session, select
 
+from careloop.core.migrations import upgrade
+from careloop.core.retention import ensure_partitions
 from careloop.core.schema import Exchange, Verdict, utcnow
+from careloop.core.store import make_engine
 from careloop.monitor.metrics import MonitorMetrics
 from careloop.monitor.scoring import safety_score
-from careloop.monitor.worker import JudgeWorker, claim_batch, queue_depth
+from careloop.monitor.worker import JudgeWorker, claim_batch, exchange_keys, queue_depth
 from tests.monitor._monitor_fixtures import (
     BrokenJudge,
     FlakyJudge,
@@ -163,5 +167,39 @@ async def test_concurrent_workers_on_postgres_never_share_work(pg_url: str) -> N
         assert len(verdicts) == 120 and len({v.exchange_id for v in verdicts}) == 120
         assert sum(w.totals.done for w in workers) == 120
         assert all(w.totals.done > 0 for w in workers)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_on_day_partitions_the_worker_reads_only_the_claimed_days(fresh_pg: str) -> None:
+    upgrade(fresh_pg)  # as `careloop db upgrade` leaves a PostgreSQL store: exchange and verdict by day
+    engine = make_engine(fresh_pg)
+    try:
+        now = utcnow()
+        ensure_partitions(engine, now=now - timedelta(days=10), days_ahead=11)
+        judged = [exchange_row(f"old {i}", "ok", state="done", created_at=now - timedelta(days=5, minutes=i))
+                  for i in range(5)]
+        waiting = [exchange_row(f"how to harm {i}", "sure", created_at=now - timedelta(days=2, minutes=i))
+                   for i in range(4)]
+        add_exchanges(engine, judged + waiting)
+        claimed = claim_batch(engine, "w1", 10, 300)
+        assert {c.id for c in claimed} == {r["id"] for r in waiting}
+        assert {c.created_at for c in claimed} == {r["created_at"] for r in waiting}
+        lookup = sa_select(Exchange.id).where(*exchange_keys(engine, [c.id for c in claimed],
+                                                              [c.created_at for c in claimed]))
+        sql = str(lookup.compile(engine, compile_kwargs={"literal_binds": True}))
+        with engine.connect() as conn:
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql))
+        day = (now - timedelta(days=2)).strftime("%Y%m%d")
+        read = {w for w in plan.replace("(", " ").split() if w.startswith("exchange_p") or w == "exchange_default"}
+        assert read and all(name.startswith(f"exchange_p{day}") for name in read), plan  # one day's partition
+        with engine.begin() as conn:  # give the claims back; a worker then grades them on the partitioned store
+            conn.execute(update(Exchange).values(judge_state="pending", claimed_by=None, claimed_at=None)
+                         .where(Exchange.id.in_([c.id for c in claimed])))  # type: ignore[attr-defined]
+        worker = JudgeWorker(engine, {"ref": RuleJudge("ref", keyword_rule)}, reference="ref")
+        report = await worker.drain()
+        assert report.done == 4 and report.verdicts == 4
+        assert list(exchange_states(engine).values()).count("done") == 9
     finally:
         engine.dispose()
