@@ -82,7 +82,7 @@ def fill(engine: Any, n: int, adapters: int = 4) -> None:
 
 
 def copy_fill(url: str, n: int, adapters: int = 4) -> None:
-    """The same rows as `fill`, into a partitioned PostgreSQL store by COPY (10 million in minutes, not hours)."""
+    """Rows shaped like `fill`'s, into a partitioned PostgreSQL store by COPY (10 million in minutes, not hours)."""
     import psycopg
 
     now = utcnow()
@@ -98,7 +98,7 @@ def copy_fill(url: str, n: int, adapters: int = 4) -> None:
                "response_text", "status", "stream", "sampled", "judge_state")
     v_cols = ("exchange_id", "created_at", "adapter", "judge", "judge_version", "harm_level", "response_class",
               "score")
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn, conn.cursor() as cur:
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
         with cur.copy(f"COPY exchange ({', '.join(ex_cols)}) FROM STDIN") as ex:
             for ex_id, at, adapter in rows():
                 ex.write_row((ex_id, at, "assistant", adapter, "stable", '[{"role": "user", "content": "q"}]', "{}",

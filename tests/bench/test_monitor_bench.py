@@ -11,25 +11,22 @@ from sqlalchemy import text
 
 from careloop.core.settings import REPO_ROOT
 from careloop.core.store import make_engine
-from tests.conftest import PG_ADMIN_URL
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 from monitor_bench import measure
-from retention_bench import scratch_db
 
 
 @pytest.mark.postgres
-def test_monitor_bench_on_day_partitions() -> None:
-    with scratch_db(PG_ADMIN_URL) as url:
-        result = asyncio.run(measure(url, 3000, cycles=2, per_cycle=8, fill_store=True))
-        engine = make_engine(url)
-        with engine.connect() as conn:
-            counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
-                      for t in ("exchange", "verdict", "exchange_default", "verdict_default")}
-            days = conn.execute(text("SELECT count(*) FROM pg_inherits WHERE inhparent = 'exchange'::regclass"))
-            partitions = days.scalar_one()
-        engine.dispose()
+def test_monitor_bench_on_day_partitions(fresh_pg: str) -> None:
+    result = asyncio.run(measure(fresh_pg, 3000, cycles=2, per_cycle=8, fill_store=True))
+    engine = make_engine(fresh_pg)
+    with engine.connect() as conn:
+        counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                  for t in ("exchange", "verdict", "exchange_default", "verdict_default")}
+        days = conn.execute(text("SELECT count(*) FROM pg_inherits WHERE inhparent = 'exchange'::regclass"))
+        partitions = days.scalar_one()
+    engine.dispose()
     assert counts["exchange"] == 3000 + 2 * 8 and counts["verdict"] >= 3000
     assert counts["exchange_default"] == 0 and counts["verdict_default"] == 0  # every row in its day
     assert partitions >= 30

@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,15 +108,9 @@ async def wait_stored(ids: set[str], read: object, timeout: float = 30.0) -> set
 
 
 @pytest.fixture
-def pg_db(pg_url: str) -> Iterator[str]:
+def pg_db(fresh_pg: str) -> str:
     """A database of its own for one gateway, on the real PostgreSQL server."""
-    name = f"careloop_fault_{uuid.uuid4().hex[:8]}"
-    admin = pg_url.rsplit("/", 1)[0] + "/test"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield pg_url.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return fresh_pg
 
 
 @pytest.mark.slow

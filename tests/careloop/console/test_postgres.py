@@ -3,7 +3,6 @@ and the audit trail, through the app as the browser drives it."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -19,26 +18,17 @@ from careloop.core.migrations import upgrade
 from careloop.core.settings import Settings
 from careloop.core.store import make_engine
 from tests.careloop.console.conftest import PASSWORD, csrf_of, login_token, seed_registry, seed_traffic
-from tests.conftest import PG_ADMIN_URL
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def pg_engine() -> Iterator[Engine]:
+def pg_engine(fresh_pg: str) -> Iterator[Engine]:
     """A new PostgreSQL database at head, for this test alone (the draw reads every sampled exchange)."""
-    import psycopg
-
-    name = f"careloop_console_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    upgrade(url)
-    engine = make_engine(url)
+    upgrade(fresh_pg)
+    engine = make_engine(fresh_pg)
     yield engine
     engine.dispose()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_console_flow_on_postgres(settings: Settings, pg_engine: Engine) -> None:
