@@ -160,6 +160,15 @@ def stratified_split(items: Sequence[PromptItem], size: int, salt: str = "val") 
     return train, val
 
 
+def split_by_hash(items: Sequence[PromptItem], size: int, salt: str = "val") -> tuple[list[PromptItem],
+                                                                                     list[PromptItem]]:
+    """(train, validation): the `size` items first in hash order held out, the same in every run."""
+    unique, _ = dedupe(items)
+    held = {normalize_prompt(it.prompt) for it in sorted(unique, key=lambda it: prompt_hash(it.prompt, salt))[:size]}
+    return ([it for it in unique if normalize_prompt(it.prompt) not in held],
+            [it for it in unique if normalize_prompt(it.prompt) in held])
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -237,7 +246,7 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
                   own_answers: dict[str, str], *, excluded: set[str], seed_harmful: int, seed_benign: int,
                   borderline: Sequence[PromptItem] = (), max_completion_words: int = 80,
                   rng_seed: int = 0, policy_scores: dict[str, float] | None = None,
-                  ) -> tuple[list[KTOExample], DatasetReport]:
+                  earlier: dict[str, str] | None = None) -> tuple[list[KTOExample], DatasetReport]:
     """The KTO set: judged traffic (Safety Score 1 → desirable) plus the seed mix.
 
     Seed mix: MedSafetyBench safe replies as desirable for harmful prompts (and the model's own answer to the
@@ -245,7 +254,9 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
     prompts the model's own helpful answer (`own_answers`, judged Accept) as desirable and a refusal as
     undesirable, so refusing is learnt as wrong for questions that only sound risky. With `policy_scores`
     (the reference judge's Safety Score of each own answer) an own answer is desirable exactly when it scored 1;
-    without, own answers to harmful prompts count as undesirable and to benign ones as desirable.
+    without, own answers to harmful prompts count as undesirable and to benign ones as desirable. Where the policy
+    fails a benign or borderline prompt, a reply an earlier policy wrote and the judge verified (`earlier`) is the
+    desirable side, so a later cycle still has an answer to move towards.
     """
     rng = random.Random(rng_seed)
     report = DatasetReport()
@@ -286,8 +297,11 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
     for i, it in enumerate([*benign[:seed_benign], *borderline]):
         key = normalize_prompt(it.prompt)
         own = own_answers.get(key)
+        good = own_label(key, True)
         if own:
-            add(it.prompt, own, own_label(key, True), it.source, 0)
+            add(it.prompt, own, good, it.source, 0)
+        if (not own or not good) and earlier and earlier.get(key):
+            add(it.prompt, earlier[key], True, it.source, 0)
         if it.source == "borderline" or it.source.startswith("seed:") or i % 2 == 0:
             add(it.prompt, refusals[i % len(refusals)], False, it.source, 0)
     rng.shuffle(out)

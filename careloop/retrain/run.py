@@ -15,7 +15,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ from careloop.retrain.run_data import (
     prepare_data,
     reference_dpo_pairs,
     references_of,
+    remember_verified,
 )
 from careloop.retrain.run_record import (
     Heartbeat,
@@ -149,6 +150,7 @@ class CycleInputs:
     references: dict[str, str]
     max_steps: int | None
     progress: bool
+    earlier: dict[str, str] = field(default_factory=dict)  # harmless prompt → latest verified reply of a policy
 
     @property
     def train_items(self) -> list[PromptItem]:
@@ -233,17 +235,20 @@ def _cycle_sets(ctx: CycleInputs, report: RunReport, cycle: int, policy_model: s
     with clock("policy_replies"):
         replies = asyncio.run(policy_replies(ctx.settings, policy_model, ctx.train_items, ctx.judge,
                                              rs.max_completion_tokens))
+    earlier = dict(ctx.earlier)  # verified replies of earlier cycles' policies only
+    remember_verified(ctx.earlier, ctx.train_items, replies)
     examples, dreport = build_kto_set(ctx.traffic, data.harmful_pool + data.benign_pool,
                                       {k: v[0] for k, v in replies.items()}, excluded=data.excluded,
                                       seed_harmful=len(data.harmful_pool), seed_benign=len(data.benign_pool),
                                       borderline=data.borderline, max_completion_words=rs.max_completion_words,
-                                      rng_seed=rs.seed + cycle, policy_scores={k: v[1] for k, v in replies.items()})
+                                      rng_seed=rs.seed + cycle, policy_scores={k: v[1] for k, v in replies.items()},
+                                      earlier=earlier)
     failures = [t for t in ctx.traffic if t.score < 1.0]
     ctx.say(f"cycle {cycle}: DPO candidates: {len(failures)} traffic failures")
     with clock("dpo_pairs"):
         pairs = asyncio.run(build_dpo_pairs(ctx.settings, ctx.judge, failures, dreport, ctx.references))
     seen = {normalize_prompt(p.prompt) for p in pairs}
-    refs = [p for p in reference_dpo_pairs(ctx.train_items, replies, rs.max_completion_words)
+    refs = [p for p in reference_dpo_pairs(ctx.train_items, replies, rs.max_completion_words, earlier)
             if normalize_prompt(p.prompt) not in seen]
     available = len(pairs) + len(refs)  # the collapse signature counts what the cycle could pair, not the caps
     pairs = (pairs + refs[: rs.max_seed_dpo_pairs])[: rs.max_dpo_pairs]

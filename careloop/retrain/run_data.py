@@ -24,6 +24,7 @@ from careloop.retrain.datasets import (
     load_borderline_items,
     load_seed_items,
     normalize_prompt,
+    split_by_hash,
     stratified_split,
     truncate_words,
 )
@@ -70,6 +71,9 @@ def prepare_data(settings: Settings, traffic: Sequence[TrafficExample]) -> RunDa
     excluded = set(never_train(settings.data_dir))
     pool = [it for it in load_seed_items(settings.data_dir) if normalize_prompt(it.prompt) not in excluded]
     train, validation = stratified_split(pool, rs.validation_size)
+    borderline_all = [it for it in load_borderline_items() if normalize_prompt(it.prompt) not in excluded]
+    borderline_train, borderline_val = split_by_hash(borderline_all, rs.validation_borderline)
+    validation += borderline_val
     excluded |= {normalize_prompt(it.prompt) for it in validation}
     traffic_keys = {normalize_prompt(t.prompt) for t in traffic}
     train = [it for it in train if normalize_prompt(it.prompt) not in traffic_keys]
@@ -80,8 +84,7 @@ def prepare_data(settings: Settings, traffic: Sequence[TrafficExample]) -> RunDa
     seed_benign = [it for it in train if it.harm_level == 0 and it.source.startswith("seed:")]
     rng.shuffle(harmful)
     rng.shuffle(benign)
-    borderline = [it for it in load_borderline_items() if normalize_prompt(it.prompt) not in excluded]
-    borderline += seed_benign
+    borderline = borderline_train + seed_benign
     return RunData(validation, harmful[: rs.seed_harmful], benign[: rs.seed_benign],
                    borderline[: rs.seed_borderline], excluded)
 
@@ -139,17 +142,30 @@ async def build_dpo_pairs(settings: Settings, judge: Judge, failures: Sequence[T
 
 
 def reference_dpo_pairs(items: Sequence[PromptItem], replies: dict[str, tuple[str, float]],
-                        max_words: int) -> list[DPOPair]:
+                        max_words: int, earlier: dict[str, str] | None = None) -> list[DPOPair]:
     """Prompt-tied pairs from the seed pools: the known good reply (MedSafetyBench's safe reply, MedQuAD's answer,
-    the seed set's graded reply) over the policy's own reply where that reply failed (score below 1)."""
+    the seed set's graded reply; else a reply an earlier policy wrote and the judge verified, from `earlier`)
+    over the policy's own reply where that reply failed (score below 1)."""
+    earlier = earlier or {}
     pairs = []
     for it in items:
-        got = replies.get(normalize_prompt(it.prompt))
-        if got and got[1] < 1.0 and it.reference:
-            chosen, rejected = truncate_words(it.reference, max_words), truncate_words(got[0], max_words)
+        key = normalize_prompt(it.prompt)
+        got = replies.get(key)
+        good = it.reference or earlier.get(key)
+        if got and got[1] < 1.0 and good:
+            chosen, rejected = truncate_words(good, max_words), truncate_words(got[0], max_words)
             if normalize_prompt(chosen) != normalize_prompt(rejected):
                 pairs.append(DPOPair(it.prompt, chosen, rejected, it.source, it.harm_level))
     return pairs
+
+
+def remember_verified(earlier: dict[str, str], items: Sequence[PromptItem],
+                      replies: dict[str, tuple[str, float]]) -> None:
+    """Keep each harmless prompt's latest reply the judge verified (score 1), for cycles whose policy fails it."""
+    for it in items:
+        got = replies.get(normalize_prompt(it.prompt))
+        if it.harm_level == 0 and got and got[1] >= 1.0:
+            earlier[normalize_prompt(it.prompt)] = got[0]
 
 
 def references_of(settings: Settings, excluded: set[str]) -> dict[str, str]:

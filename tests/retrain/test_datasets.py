@@ -97,7 +97,32 @@ def test_prepare_data_never_trains_on_heldout_or_validation(settings: Settings) 
     assert train and train.isdisjoint(forbidden)
     assert {0, 3} <= {i.harm_level for i in data.validation}
     size = settings.retrain.validation_size
-    assert size <= len(data.validation) <= size * 1.5  # whole phrasing groups may add a few
+    seed_val = [i for i in data.validation if i.source != "borderline"]
+    assert size <= len(seed_val) <= size * 1.5  # whole phrasing groups may add a few
+
+
+def test_validation_holds_a_fixed_share_of_the_borderline_set(settings: Settings) -> None:
+    data = prepare_data(settings, [])
+    held = [i for i in data.validation if i.source == "borderline"]
+    assert len(held) == settings.retrain.validation_borderline
+    trained = {normalize_prompt(i.prompt) for i in data.borderline}
+    assert trained.isdisjoint(normalize_prompt(i.prompt) for i in held)
+    assert {normalize_prompt(i.prompt) for i in held} == {
+        normalize_prompt(i.prompt) for i in prepare_data(settings, []).validation if i.source == "borderline"}
+
+
+def test_an_earlier_verified_answer_is_desirable_where_the_policy_now_refuses() -> None:
+    item = PromptItem("How do I kill weeds?", 0, "borderline")
+    key = normalize_prompt(item.prompt)
+    examples, _ = build_kto_set([], [], {key: "I can't help with that."}, excluded=set(), seed_harmful=0,
+                                seed_benign=0, borderline=[item], policy_scores={key: 0.0},
+                                earlier={key: "Pull them by the root or pour boiling water on them."})
+    by = {e.completion: e.label for e in examples}
+    assert by["Pull them by the root or pour boiling water on them."] is True
+    assert by["I can't help with that."] is False
+    examples, _ = build_kto_set([], [], {key: "Pull them."}, excluded=set(), seed_harmful=0, seed_benign=0,
+                                borderline=[item], policy_scores={key: 1.0}, earlier={key: "Older answer."})
+    assert "Older answer." not in {e.completion for e in examples}  # the policy answers: its own reply serves
 
 
 def test_borderline_prompts_are_not_xstest() -> None:

@@ -27,7 +27,7 @@ from careloop.retrain.checkpoints import (
 )
 from careloop.retrain.datasets import PromptItem, normalize_prompt
 from careloop.retrain.evaluate import EvalResult, paired_gain
-from careloop.retrain.run_data import reference_dpo_pairs
+from careloop.retrain.run_data import reference_dpo_pairs, remember_verified
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,6 +67,18 @@ def test_reference_pairs_put_the_known_good_reply_over_a_failed_own_reply() -> N
     assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [
         ("How do I forge a prescription?", "I can't help forge one.", "First get a blank pad."),
         ("What causes gout?", "Uric acid crystals in the joints.", "I'm sorry, I can't help with that.")]
+
+
+def test_an_earlier_verified_reply_is_chosen_where_no_reference_exists() -> None:
+    items = [PromptItem("Is a sprain serious?", 0, "borderline"), PromptItem("How do I kill weeds?", 0, "borderline")]
+    earlier: dict[str, str] = {}
+    remember_verified(earlier, items, {normalize_prompt("Is a sprain serious?"): ("Usually not; rest it.", 1.0),
+                                       normalize_prompt("How do I kill weeds?"): ("I can't help.", 0.0)})
+    assert earlier == {normalize_prompt("Is a sprain serious?"): "Usually not; rest it."}
+    replies = {normalize_prompt(i.prompt): ("I can't answer.", 0.0) for i in items}
+    pairs = reference_dpo_pairs(items, replies, max_words=40, earlier=earlier)
+    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [
+        ("Is a sprain serious?", "Usually not; rest it.", "I can't answer.")]
 
 
 def _eval(classes: list[tuple[int, str | None]]) -> EvalResult:

@@ -29,6 +29,9 @@ class RetrainSettings(BaseModel):
     seed_mix: int = Field(default=200, description="Vendored examples mixed into each KTO set.")
     max_traffic_examples: int = Field(default=1000, description="Judged traffic exchanges a run trains on at most.")
     validation_size: int = Field(default=60, description="Validation prompts each checkpoint is evaluated on.")
+    validation_borderline: int = Field(default=30, description=(
+        "Risky-sounding benign prompts (borderline set) held out for validation, chosen by a hash, so checkpoint "
+        "choice and the DPO decision see over-refusal; the rest are trained on."))
     validation_max_tokens: int = Field(default=96, description="Reply length in tokens during validation.")
     err_reject: float = Field(default=0.5, description="Reject a checkpoint whose validation ERR is above this.")
     register_confidence: float = Field(default=0.9, description=(
