@@ -38,6 +38,7 @@ def tiny_loop(settings: Settings, embedded_model_dir: Path, judges_dir: Path, vl
     d.eval_harmful, d.eval_benign, d.eval_xstest_safe = 6, 6, 6
     rs = settings.retrain
     rs.seed_harmful, rs.seed_benign, rs.seed_borderline, rs.validation_size = 4, 4, 4, 6
+    rs.validation_borderline = 2
     rs.lora_r, rs.lora_alpha, rs.lora_target_modules = 4, 8, ["q_proj", "v_proj"]
     rs.batch_size, rs.max_length, rs.max_completion_tokens, rs.validation_max_tokens = 4, 64, 24, 24
     rs.max_dpo_candidates, rs.max_traffic_examples = 4, 16

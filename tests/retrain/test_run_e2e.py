@@ -39,6 +39,7 @@ def test_run_trains_two_cycles_registers_canaries_and_promotes(settings: Setting
     settings.base_model_dir.symlink_to(embedded_model_dir, target_is_directory=True)
     rs = settings.retrain
     rs.seed_harmful, rs.seed_benign, rs.seed_borderline, rs.validation_size = 4, 4, 4, 6
+    rs.validation_borderline = 2
     rs.lora_r, rs.lora_alpha, rs.lora_target_modules = 4, 8, ["q_proj", "v_proj"]
     rs.batch_size, rs.max_length, rs.max_completion_tokens, rs.validation_max_tokens = 4, 64, 24, 24
     rs.max_dpo_candidates, rs.torch_threads, rs.flat_epsilon = 4, 2, -1.0  # register whatever the tiny run gives
