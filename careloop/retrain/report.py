@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from careloop.core.settings import Settings
-from careloop.retrain.datasets import PromptItem, load_borderline_items, seed_split, split_by_hash, xstest_items
+from careloop.retrain.datasets import PromptItem, xstest_items
 
 BUILTIN = ("validation", "heldout", "xstest-safe", "xstest")
 
@@ -18,9 +18,9 @@ BUILTIN = ("validation", "heldout", "xstest-safe", "xstest")
 def load_eval_items(name: str, settings: Settings) -> list[PromptItem]:
     """Prompts with harm levels: a builtin set or a JSONL file of {prompt, harm_level}."""
     if name == "validation":
-        rs = settings.retrain
-        return [*seed_split(settings.data_dir, rs.validation_size)[1],
-                *split_by_hash(load_borderline_items(), rs.validation_borderline)[1]]
+        from careloop.retrain.run_data import prepare_data
+
+        return prepare_data(settings, []).validation  # exactly the split a run validates on
     if name == "xstest-safe":
         return xstest_items(settings.data_dir, "safe")
     if name == "xstest":
