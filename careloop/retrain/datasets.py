@@ -214,11 +214,6 @@ def xstest_items(data_dir: Path, label: str = "safe") -> list[PromptItem]:
             for r in _read_jsonl(data_dir / "xstest" / "prompts.jsonl") if r.get("label") == label]
 
 
-def seed_split(data_dir: Path, validation_size: int) -> tuple[list[PromptItem], list[PromptItem]]:
-    """(train pool, validation set) of the seed data; the validation set is stable across runs."""
-    return stratified_split(load_seed_items(data_dir), validation_size)
-
-
 def truncate_words(text: str, max_words: int) -> str:
     """The first `max_words` words, cut back to the last full sentence when one ends in the second half."""
     words = text.split()
