@@ -11,6 +11,8 @@ import aiohttp
 from careloop.gateway.errors import upstream_error
 from careloop.gateway.failover import Breakers
 
+PROBE_TIMEOUT_S = 0.5  # a dropped connection, then no /health answer in this long: the replica is gone
+
 
 class Upstreams:
     """The shared aiohttp client and the vLLM replicas it balances over (round robin over serving ones)."""
@@ -56,7 +58,13 @@ class Upstreams:
         return self.breakers.pick(pool[i:] + pool[:i])
 
     def probe_soon(self, url: str) -> None:
-        """After a dropped connection, knock on the replica at once: if nothing listens, open its breaker now."""
+        """After a dropped connection, knock on the replica at once: if nothing answers, open its breaker now.
+
+        A live vLLM answers `/health` from its API server's event loop within milliseconds even while it
+        generates; one that has just dropped a connection and cannot answer in `PROBE_TIMEOUT_S` is dying (a
+        killed server's listening socket can outlive its API server while a child process that inherited it
+        tears down its memory: connections then queue unanswered instead of being refused).
+        """
         if url not in self._probing and self.session is not None:
             task = asyncio.get_running_loop().create_task(self._probe(url))
             self._probing[url] = task
@@ -65,12 +73,13 @@ class Upstreams:
     async def _probe(self, url: str) -> None:
         assert self.session is not None
         try:
-            async with self.session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+            timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+            async with self.session.get(url + "/health", timeout=timeout) as resp:
                 await resp.read()
-        except aiohttp.ClientConnectorError:
-            self.breakers.failure(url, refused=True)
-        except (aiohttp.ClientError, TimeoutError):
-            pass  # busy or flaky, not gone: the failure count decides
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, TimeoutError):
+            self.breakers.failure(url, refused=True)  # refused, dropped again, or no answer: gone
+        except aiohttp.ClientError:
+            pass  # answered something odd: alive, the failure count decides
 
     async def post(self, payload: bytes, headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, float]:
         """POST to the first replica that answers, and the time spent waiting; failover happens only here.

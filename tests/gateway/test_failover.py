@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -233,3 +234,27 @@ async def test_a_dropped_connection_is_followed_by_a_probe_that_opens_a_dead_rep
                 break
             await asyncio.sleep(0.01)
         assert not breakers.up(fake.url) and breakers.state[fake.url].failures >= breakers.threshold
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_probe_that_gets_no_answer_opens_the_breaker() -> None:
+    """A killed server whose listening socket outlives its API server (a child that inherited it is still
+    tearing down) queues connections without answering: the probe after a dropped connection times out, and
+    that opens the breaker at once instead of waiting for the socket to close."""
+    from careloop.gateway.upstreams import PROBE_TIMEOUT_S, Upstreams
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=8)  # listens, never accepts
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    ups = Upstreams([url, "http://127.0.0.1:9"], connect_timeout_s=1.0, read_timeout_s=5.0, pool_size=4)
+    await ups.start()
+    try:
+        started = time.monotonic()
+        ups.probe_soon(url)
+        while ups.breakers.up(url) and time.monotonic() - started < 5:
+            await asyncio.sleep(0.01)
+        assert not ups.breakers.up(url)
+        assert time.monotonic() - started < PROBE_TIMEOUT_S + 0.5
+        assert ups.breakers.up("http://127.0.0.1:9")  # only the probed replica
+    finally:
+        await ups.close()
+        listener.close()
