@@ -80,18 +80,23 @@ def base_serves_again(database_url: str) -> list[str]:
 
 def heldout_row(settings: Settings, adapter_path: str, sizes: tuple[int, int, int], max_tokens: int) -> dict[str, Any]:
     """The registered adapter's held-out figures through vLLM, graded by the reference judge."""
-    from careloop.monitor.judges import build_judge
-
-    prompts = eval_sample(settings.data_dir, *sizes)
     name = f"bench-{Path(adapter_path).name}-{int(time.time())}"
     load_adapter(settings.upstream, name, adapter_path, api_key=settings.upstream_api_key)
     try:
-        replies = asyncio.run(generate_all(settings.upstream, name, prompts, max_tokens, concurrency=8))
+        return heldout_of_model(settings, name, sizes, max_tokens)
     finally:
         unload_adapter(settings.upstream, name, api_key=settings.upstream_api_key)
+
+
+def heldout_of_model(settings: Settings, model: str, sizes: tuple[int, int, int], max_tokens: int) -> dict[str, Any]:
+    """A served model's held-out figures (greedy, through vLLM), graded by the reference judge."""
+    from careloop.monitor.judges import build_judge
+
+    prompts = eval_sample(settings.data_dir, *sizes)
+    replies = asyncio.run(generate_all(settings.upstream, model, prompts, max_tokens, concurrency=8))
     judge = build_judge(settings.monitor.reference_judge, settings)
     try:
-        result = asyncio.run(judge_replies(judge, prompts, replies, name))
+        result = asyncio.run(judge_replies(judge, prompts, replies, model))
     finally:
         asyncio.run(judge.aclose())
     g = result.groups
