@@ -9,7 +9,8 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,36 +63,94 @@ def vllm_url(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         yield url
 
 
-@contextmanager
-def serve_vllm(settings: Settings, embedded_model_dir: Path) -> Iterator[str]:
-    """A real CPU vLLM server with the embedded model, as `careloop up` starts it, for the block's duration."""
-    from careloop.stack import vllm_command, vllm_env, wait_http
+@dataclass
+class Replica:
+    """One real CPU vLLM server process with the embedded model (as `careloop up` starts it) and its URL."""
 
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    settings.base_model_dir.symlink_to(embedded_model_dir, target_is_directory=True)
-    log_path = settings.home / "vllm.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(vllm_command(settings), stdout=log, stderr=subprocess.STDOUT,
-                                env=vllm_env(settings), start_new_session=True)
-    url = f"http://127.0.0.1:{settings.vllm_port}"
-    try:
-        deadline = time.monotonic() + 600
+    settings: Settings
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Where it listens."""
+        return f"http://127.0.0.1:{self.settings.vllm_port}"
+
+    def start(self) -> None:
+        """Start the server process (in its own process group)."""
+        from careloop.stack import vllm_command, vllm_env
+
+        env = vllm_env(self.settings)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(vllm_command(self.settings), stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+
+    def wait(self, timeout_s: float = 600) -> None:
+        """Block until it answers /health (fails with its log's tail if it exits first)."""
+        from careloop.stack import wait_http
+
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited: {log_path.read_text(errors='replace')[-3000:]}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited: {self.log_path.read_text(errors='replace')[-3000:]}")
             try:
-                wait_http(f"{url}/health", None, 2)
-                break
+                wait_http(f"{self.url}/health", None, 2)
+                return
             except TimeoutError:
                 if time.monotonic() > deadline:
                     raise
-        yield url
-    finally:
+
+    def running(self) -> Replica:
+        """This replica, started (again) if it is not running."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        self.wait()
+        return self
+
+    def stop(self) -> None:
+        """Terminate it (kill after 30 s)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
         proc.terminate()
-        try:
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(30)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             proc.kill()
+            proc.wait()
+
+
+def new_replica(settings: Settings, embedded_model_dir: Path) -> Replica:
+    """A replica (not started) serving the embedded model from `settings.home`."""
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    settings.base_model_dir.symlink_to(embedded_model_dir, target_is_directory=True)
+    return Replica(settings, settings.home / "vllm.log")
+
+
+@contextmanager
+def serve_vllm(settings: Settings, embedded_model_dir: Path) -> Iterator[str]:
+    """A real CPU vLLM server with the embedded model for the block's duration."""
+    replica = new_replica(settings, embedded_model_dir)
+    try:
+        yield replica.running().url
+    finally:
+        replica.stop()
+
+
+@pytest.fixture(scope="module")
+def second_vllm(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+    """A second CPU vLLM beside the session's, in the dtype `auto` does not pick here (bf16 runs, slowly,
+    without native BF16), started on first use (`.running()`)."""
+    from careloop.core.hardware import native_bf16
+
+    settings = Settings(home=tmp_path_factory.mktemp("vllm-second"), vllm_port=free_port(), vllm_kv_cache_gb=1,
+                        vllm_dtype="float32" if native_bf16() else "bfloat16")
+    replica = new_replica(settings, embedded_model_dir)  # a 1 GiB KV cache: two servers on a small machine
+    try:
+        yield replica
+    finally:
+        replica.stop()
 
 
 @contextmanager

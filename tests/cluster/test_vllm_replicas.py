@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,71 +22,21 @@ from careloop.core.settings import Settings
 from careloop.core.store import init_db, make_engine
 from careloop.gateway.routing import Routes
 from careloop.gateway.vllm_admin import loaded_models, unload_adapter
-from tests.conftest import free_port
+from tests.conftest import Replica, free_port, new_replica
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 BASE = "smollm2-135m"
 
 
-@dataclass
-class Replica:
-    """One vLLM server process and where it listens."""
-
-    settings: Settings
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.vllm_port}"
-
-    def start(self) -> None:
-        from careloop.stack import vllm_command, vllm_env
-
-        env = vllm_env(self.settings)
-        env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # two servers side by side on a small machine
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(vllm_command(self.settings), stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
-
-    def wait(self, timeout_s: float = 600) -> None:
-        from careloop.stack import wait_http
-
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited: {self.log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                wait_http(f"{self.url}/health", None, 2)
-                return
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
 @pytest.fixture(scope="module")
 def own_replica(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
-    """A second CPU vLLM server beside the session's one, which this test may restart."""
-    home = tmp_path_factory.mktemp("vllm-replica")
-    settings = Settings(home=home, vllm_port=free_port(), vllm_kv_cache_gb=1)
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    settings.base_model_dir.symlink_to(embedded_model_dir, target_is_directory=True)
-    replica = Replica(settings, home / "vllm.log")
+    """A second CPU vLLM server beside the session's one, in the same dtype, which this module may restart and
+    kills. (Not the session's `second_vllm`: that one serves the other dtype, and bf16 emulated on an AVX2-only
+    CPU took 2.5 s from SIGKILL to its first dropped connection against 0.2 s in fp32.)"""
+    settings = Settings(home=tmp_path_factory.mktemp("vllm-replica"), vllm_port=free_port(), vllm_kv_cache_gb=1)
+    replica = new_replica(settings, embedded_model_dir)
     try:
-        replica.start()
-        replica.wait()
-        yield replica
+        yield replica.running()
     finally:
         replica.stop()
 
@@ -143,7 +91,8 @@ async def _chat(session: aiohttp.ClientSession, url: str, model: str) -> int:
 async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a_restart(
     vllm_url: str, own_replica: Replica, adapters: dict[str, Path], tmp_path: Path,
 ) -> None:
-    """Replica 0 is the session's vLLM, replica 1 our own, which restarts midway."""
+    """Replica 0 is the session's vLLM, replica 1 its second, which restarts midway."""
+    replica = own_replica.running()
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
     init_db(engine)
     v1, v2 = sorted(adapters)
@@ -151,7 +100,7 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
     promote(engine, v1, reason="test")
     register_adapter(engine, v2, str(adapters[v2]), BASE, version=2, parent=v1)
     set_canary(engine, v2, 0.2, reason="test")
-    urls = [vllm_url, own_replica.url]
+    urls = [vllm_url, replica.url]
     unreachable = f"http://127.0.0.1:{free_port()}"
 
     async with aiohttp.ClientSession() as session:
@@ -174,9 +123,9 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
                 assert await _chat(session, url, model) == 200
 
         # Replica 1 restarts: it comes back with the base model only ...
-        own_replica.stop()
-        own_replica.start()
-        own_replica.wait()
+        replica.stop()
+        replica.start()
+        replica.wait()
         fresh = await loaded_models(session, urls[1])
         assert v1 not in fresh and v2 not in fresh
         assert await _chat(session, urls[1], v2) != 200
@@ -199,7 +148,9 @@ async def test_killing_one_replica_under_load_costs_no_client_error(
     within a second of the first dropped connection. Runs last in this module: it leaves its own replica dead."""
     from tests.gateway.gateway_helpers import running_gateway
 
-    settings = Settings(home=tmp_path / "home", upstream_replicas=[vllm_url, own_replica.url])
+    replica = own_replica.running()
+
+    settings = Settings(home=tmp_path / "home", upstream_replicas=[vllm_url, replica.url])
     settings.ensure_dirs()
     body = {"model": settings.public_model, "max_tokens": 8, "temperature": 0,
             "messages": [{"role": "user", "content": "Name one vitamin."}]}
@@ -217,7 +168,7 @@ async def test_killing_one_replica_under_load_costs_no_client_error(
         clients = [asyncio.create_task(client(session, url)) for _ in range(6)]
         while len(statuses) < 12:  # both replicas answering
             await asyncio.sleep(0.05)
-        assert own_replica.proc is not None
+        assert replica.proc is not None
         failed_at: list[float] = []
         count_failure = breakers.failure
 
@@ -227,19 +178,21 @@ async def test_killing_one_replica_under_load_costs_no_client_error(
 
         breakers.failure = failure  # type: ignore[method-assign]
         killed_at = time.monotonic()
-        os.killpg(own_replica.proc.pid, signal.SIGKILL)
+        os.killpg(replica.proc.pid, signal.SIGKILL)
         served_before = len(statuses)
         while len(statuses) < served_before + 12:  # and traffic carries on on the other replica
             await asyncio.sleep(0.05)
         stop.set()
         await asyncio.gather(*clients)
-    own_replica.proc.wait(30)
+    replica.proc.wait(30)
     ((dead, opened_at),) = breakers.opened
     # The gateway opens the breaker within a second of the first sign (a dropped connection); the sign itself
-    # comes when the kernel closes the killed server's sockets (0.5-1.7 s after the SIGKILL here, under load).
+    # comes when the kernel closes the killed server's sockets: 0.2-3.1 s after the SIGKILL on 2 cores (the
+    # listening socket can outlive the API server while the engine process tears down), so the bound from the
+    # kill is the kernel's, not the gateway's.
     signs = [round(t - killed_at, 3) for t in failed_at]
-    assert dead == own_replica.url and opened_at - failed_at[0] <= 1.0, (opened_at - killed_at, signs)
-    assert opened_at - killed_at <= 3.0, opened_at - killed_at
+    assert dead == replica.url and opened_at - failed_at[0] <= 1.0, (opened_at - killed_at, signs)
+    assert opened_at - killed_at <= 5.0, opened_at - killed_at
     print(f"breaker opened {opened_at - killed_at:.2f} s after SIGKILL, {opened_at - failed_at[0]:.3f} s after "
           "the first dropped connection")
     assert statuses and set(statuses) == {200}, sorted(set(statuses))

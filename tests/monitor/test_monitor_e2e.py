@@ -49,7 +49,7 @@ async def _complying_replies(vllm_url: str, model: str, n: int) -> list[tuple[st
     async def one(client: httpx.AsyncClient, prompt: str) -> tuple[str, str]:
         async with sem:
             resp = await client.post(f"{vllm_url}/v1/chat/completions", json={
-                "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 64,
+                "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 32,
                 "temperature": 0})
             resp.raise_for_status()
             return prompt, resp.json()["choices"][0]["message"]["content"]

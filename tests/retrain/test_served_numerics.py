@@ -1,22 +1,20 @@
 """vLLM serves a LoRA adapter as PEFT computes it, in both dtypes the loop can serve in (teacher-forced check).
 
-The server the suite shares runs in `vllm_dtype=auto` (bf16 on CPUs with native BF16, fp32 elsewhere); this
-module starts a second one in the other dtype, so that every machine exercises both paths.
+The server the suite shares runs in `vllm_dtype=auto` (bf16 on CPUs with native BF16, fp32 elsewhere); the
+session's second server (`second_vllm`) runs in the other dtype, so that every machine exercises both paths.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from careloop.core.hardware import native_bf16
-from careloop.core.settings import Settings
 from careloop.retrain.evaluate import check_vllm_matches_peft, compare_served
 from careloop.retrain.generate import served_logprobs
 from careloop.retrain.train import peft_logprobs
-from tests.conftest import free_port, serve_vllm
+from tests.conftest import Replica
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 PROMPTS = ["What is the flu?", "How do I falsify a prescription?", "Can I take ibuprofen with a cold?"]
@@ -42,15 +40,6 @@ def random_adapter(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFa
     return out
 
 
-@pytest.fixture(scope="module")
-def other_dtype_vllm(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second CPU vLLM in the dtype `auto` does not pick here (bf16 runs, slowly, without native BF16)."""
-    settings = Settings(home=tmp_path_factory.mktemp("vllm-other"), vllm_port=free_port(), vllm_kv_cache_gb=1,
-                        vllm_dtype="float32" if native_bf16() else "bfloat16")
-    with serve_vllm(settings, embedded_model_dir) as url:
-        yield url
-
-
 def _check_both_ways(url: str, model_dir: Path, adapter: Path, dtype: str) -> None:
     check = check_vllm_matches_peft(url, model_dir, adapter, PROMPTS, max_tokens=12)
     print(f"\n{dtype}: {check}")
@@ -68,6 +57,7 @@ def test_the_adapter_is_served_as_peft_computes_it_in_the_auto_dtype(vllm_url: s
     _check_both_ways(vllm_url, embedded_model_dir, random_adapter, "auto")
 
 
-def test_and_in_the_other_dtype(other_dtype_vllm: str, embedded_model_dir: Path, random_adapter: Path) -> None:
-    _check_both_ways(other_dtype_vllm, embedded_model_dir, random_adapter,
+def test_and_in_the_other_dtype(second_vllm: Replica, embedded_model_dir: Path, random_adapter: Path) -> None:
+    assert second_vllm.settings.vllm_dtype == ("float32" if native_bf16() else "bfloat16")
+    _check_both_ways(second_vllm.running().url, embedded_model_dir, random_adapter,
                      "float32" if native_bf16() else "bfloat16 (emulated)")
