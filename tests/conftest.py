@@ -138,10 +138,11 @@ def serve_vllm(settings: Settings, embedded_model_dir: Path) -> Iterator[str]:
         replica.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def second_vllm(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
     """A second CPU vLLM beside the session's, in the dtype `auto` does not pick here (bf16 runs, slowly,
-    without native BF16), started on first use (`.running()`)."""
+    without native BF16), started on first use (`.running()`): the other dtype path of the served-numerics
+    check, and the second replica of the cluster tests, which restart it and, last of the session, kill it."""
     from careloop.core.hardware import native_bf16
 
     settings = Settings(home=tmp_path_factory.mktemp("vllm-second"), vllm_port=free_port(), vllm_kv_cache_gb=1,
@@ -151,6 +152,11 @@ def second_vllm(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
         yield replica
     finally:
         replica.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `kills_second_vllm` run last, so the second vLLM need not boot again after them."""
+    items.sort(key=lambda item: item.get_closest_marker("kills_second_vllm") is not None)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Several vLLM replicas (two real CPU vLLM servers on loopback: the session's and one of our own):
+"""Several vLLM replicas (two real CPU vLLM servers on loopback: the session's and its second, `second_vllm`):
 adapters reach every replica before traffic does, and a replica that restarts gets the current stable and
 canary adapters back from the registry."""
 
@@ -9,7 +9,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +21,10 @@ from careloop.core.settings import Settings
 from careloop.core.store import init_db, make_engine
 from careloop.gateway.routing import Routes
 from careloop.gateway.vllm_admin import loaded_models, unload_adapter
-from tests.conftest import Replica, free_port, new_replica
+from tests.conftest import Replica, free_port
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 BASE = "smollm2-135m"
-
-
-@pytest.fixture(scope="module")
-def own_replica(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
-    """A second CPU vLLM server beside the session's one, in the same dtype, which this module may restart and
-    kills. (Not the session's `second_vllm`: that one serves the other dtype, and bf16 emulated on an AVX2-only
-    CPU took 2.5 s from SIGKILL to its first dropped connection against 0.2 s in fp32.)"""
-    settings = Settings(home=tmp_path_factory.mktemp("vllm-replica"), vllm_port=free_port(), vllm_kv_cache_gb=1)
-    replica = new_replica(settings, embedded_model_dir)
-    try:
-        yield replica.running()
-    finally:
-        replica.stop()
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +75,10 @@ async def _chat(session: aiohttp.ClientSession, url: str, model: str) -> int:
 
 
 async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a_restart(
-    vllm_url: str, own_replica: Replica, adapters: dict[str, Path], tmp_path: Path,
+    vllm_url: str, second_vllm: Replica, adapters: dict[str, Path], tmp_path: Path,
 ) -> None:
     """Replica 0 is the session's vLLM, replica 1 its second, which restarts midway."""
-    replica = own_replica.running()
+    replica = second_vllm.running()
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
     init_db(engine)
     v1, v2 = sorted(adapters)
@@ -140,16 +126,16 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
     engine.dispose()
 
 
+@pytest.mark.kills_second_vllm
 async def test_killing_one_replica_under_load_costs_no_client_error(
-    vllm_url: str, own_replica: Replica, tmp_path: Path,
+    vllm_url: str, second_vllm: Replica, tmp_path: Path,
 ) -> None:
     """Two real vLLM replicas behind the gateway; one is SIGKILLed while requests are in flight: every request
     still gets its 200 (retried on the other replica before any byte went out) and that replica's breaker opens
-    within a second of the first dropped connection. Runs last in this module: it leaves its own replica dead."""
+    within a second of the first dropped connection. Runs last in the session: it leaves the second vLLM dead."""
     from tests.gateway.gateway_helpers import running_gateway
 
-    replica = own_replica.running()
-
+    replica = second_vllm.running()
     settings = Settings(home=tmp_path / "home", upstream_replicas=[vllm_url, replica.url])
     settings.ensure_dirs()
     body = {"model": settings.public_model, "max_tokens": 8, "temperature": 0,
