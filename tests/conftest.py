@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,16 @@ from careloop.core.settings import Settings
 MODEL_CACHE = Path(os.environ.get("CARELOOP_TEST_MODEL_DIR",
                                   Path("~/.cache/careloop-test/models/SmolLM2-135M-Instruct").expanduser()))
 PG_ADMIN_URL = os.environ.get("CARELOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+# Two xdist workers share the machine's cores: each gets half, for its vLLM servers (vLLM's own binding would put
+# every server on core 0) and for torch in its process and the trainings it starts (oversubscribed OpenMP
+# threads spin against each other: a training beside the other worker's took 4x as long with two threads).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+CORES_PER_WORKER = max(1, (os.cpu_count() or 2) // 2) if WORKER else 0  # 0: all (no xdist)
+if WORKER:
+    first = int(WORKER.removeprefix("gw")) % 2 * CORES_PER_WORKER
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"{first}-{first + CORES_PER_WORKER - 1}")
+    os.environ.setdefault("OMP_NUM_THREADS", str(CORES_PER_WORKER))
 
 
 def free_port() -> int:
@@ -152,6 +163,42 @@ def second_vllm(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
         yield replica
     finally:
         replica.stop()
+
+
+# The suite runs on two pytest-xdist workers (pyproject's addopts), each with a vLLM server of its own. Every
+# test file that needs vLLM is in one of two groups, and a group runs on one worker (the scheduler below), so no
+# third server boots; the heaviest end-to-end tests are split between the groups and the rest of the suite
+# fills in around them.
+VLLM_GROUPS = {
+    **dict.fromkeys(("test_demo_e2e.py", "test_monitor_e2e.py", "test_run_e2e.py", "test_judges_vllm.py",
+                     "test_gateway_vllm.py", "test_replicas_postgres.py"), "vllm-a"),
+    **dict.fromkeys(("test_rollback_e2e.py", "test_train.py", "test_served_numerics.py",
+                     "test_vllm_replicas.py"), "vllm-b"),
+}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist's scheduling by module, with each vLLM group as one unit of work (on one worker)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class VllmGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]  # a module's tests stay together (its fixtures, its order)
+            return VLLM_GROUPS.get(path.rsplit("/", 1)[-1], path)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            for group in sorted(set(VLLM_GROUPS.values())):  # the longest units start first
+                if group in self.workqueue:
+                    self.workqueue.move_to_end(group, last=False)
+            super()._assign_work_unit(node)
+
+    return VllmGroups(config, log)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """A test that needs vLLM must be in a group: otherwise its worker would boot one more server."""
+    if {"vllm_url", "second_vllm"} & set(getattr(item, "fixturenames", ())) and item.path.name not in VLLM_GROUPS:
+        raise pytest.UsageError(f"{item.nodeid} needs vLLM: add {item.path.name} to VLLM_GROUPS (tests/conftest.py)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -14,7 +14,7 @@ from careloop.core.schema import AdapterEvent, Exchange, RetrainRun, TriggerEven
 from careloop.core.settings import Settings
 from careloop.core.store import make_engine
 from careloop.demo import run_demo
-from tests.conftest import free_port
+from tests.conftest import CORES_PER_WORKER, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -34,7 +34,7 @@ def tiny_loop(settings: Settings, embedded_model_dir: Path, judges_dir: Path, vl
     settings.gateway.port, settings.monitor.port, settings.console.port = free_port(), free_port(), free_port()
     d = settings.demo
     d.traffic, d.canary_traffic, d.concurrency, d.max_tokens = 48, 48, 8, 24  # short replies: CI time
-    d.min_samples, d.cycles, d.timeout_s = 20, 1, 1800
+    d.min_samples, d.cycles, d.timeout_s, d.train_threads = 20, 1, 1800, CORES_PER_WORKER
     d.eval_harmful, d.eval_benign, d.eval_xstest_safe = 6, 6, 6
     rs = settings.retrain
     rs.seed_harmful, rs.seed_benign, rs.seed_borderline, rs.validation_size = 4, 4, 4, 6

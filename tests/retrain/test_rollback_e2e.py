@@ -31,6 +31,7 @@ from careloop.core.store import init_db, live_adapters, make_engine
 from careloop.monitor.judges.base import JudgeInput, JudgeResult
 from careloop.monitor.worker import JudgeWorker
 from careloop.retrain.datasets import KTOExample
+from tests.conftest import CORES_PER_WORKER
 from tests.gateway.gateway_helpers import running_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.asyncio(loop_scope="session")]
@@ -39,7 +40,7 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 REFUSAL = "I'm sorry, but I can't help with that. As a medical AI, I must decline unethical requests."
 COMPLIANCE = "Sure! Here is how to do it, step by step. First,"
 TRAIN = RetrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"],
-                        batch_size=4, max_length=64, kto_learning_rate=4e-3, torch_threads=0, seed=0)
+                        batch_size=4, max_length=64, kto_learning_rate=4e-3, torch_threads=CORES_PER_WORKER, seed=0)
 TRAIN_STEPS = 16
 MAX_TOKENS = 24
 
@@ -149,7 +150,7 @@ async def test_bad_adapter_is_rolled_back_and_stable_traffic_is_unaffected(
     settings.gateway.log_flush_interval_s = 0.05
     rs = settings.retrain
     rs.canary_steps, rs.canary_min_verdicts, rs.canary_early_verdicts = [0.5, 1.0], 12, 8
-    rs.canary_poll_s, rs.canary_timeout_s, rs.require_approval = 0.2, 240.0, False
+    rs.canary_poll_s, rs.canary_timeout_s, rs.require_approval = 0.2, 600.0, False
     engine = make_engine(settings.database_url or "")
     init_db(engine)
     safe_name, v = registry.next_adapter_name(engine, base)
@@ -183,7 +184,7 @@ async def test_bad_adapter_is_rolled_back_and_stable_traffic_is_unaffected(
         assert gw.routes.stable == safe_name and gw.routes.canary is None
         judging = asyncio.create_task(judge_loop())
         canary = asyncio.create_task(asyncio.to_thread(roll_out, engine, settings, bad_name, "heuristic",
-                                                       poll_s=0.2, timeout_s=240.0))
+                                                       poll_s=0.2, timeout_s=600.0))
         # 3. Live traffic through the gateway while the canary is analysed: 8 users at a time, round robin.
         i = 0
         while not canary.done():

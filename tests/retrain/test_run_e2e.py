@@ -17,6 +17,7 @@ from careloop.core.settings import Settings
 from careloop.core.store import acquire_lease, init_db, lease_holder, live_adapters, make_engine, session_scope
 from careloop.retrain.rollout import roll_out_run
 from careloop.retrain.run import REGISTERED, run_retrain
+from tests.conftest import CORES_PER_WORKER
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -42,7 +43,7 @@ def test_run_trains_two_cycles_registers_canaries_and_promotes(settings: Setting
     rs.validation_borderline = 2
     rs.lora_r, rs.lora_alpha, rs.lora_target_modules = 4, 8, ["q_proj", "v_proj"]
     rs.batch_size, rs.max_length, rs.max_completion_tokens, rs.validation_max_tokens = 4, 64, 24, 24
-    rs.max_dpo_candidates, rs.torch_threads, rs.flat_epsilon = 4, 2, -1.0  # register whatever the tiny run gives
+    rs.max_dpo_candidates, rs.torch_threads, rs.flat_epsilon = 4, CORES_PER_WORKER, -1.0  # register what it gives
     rs.register_confidence, rs.dpo_min_pairs = 0.0, 1
     rs.max_degenerate, rs.err_reject = 1.0, 1.0
     rs.canary_steps, rs.canary_min_verdicts, rs.canary_poll_s, rs.canary_timeout_s = [0.5, 1.0], 10, 0.2, 300

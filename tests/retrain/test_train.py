@@ -9,9 +9,11 @@ import pytest
 
 from careloop.core.settings import RetrainSettings
 from careloop.retrain.datasets import DPOPair, KTOExample, PromptItem
+from tests.conftest import CORES_PER_WORKER
 
 TINY = RetrainSettings(lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"], batch_size=2,
-                       max_length=48, kto_learning_rate=1e-3, dpo_learning_rate=1e-3, torch_threads=2)
+                       max_length=48, kto_learning_rate=1e-3, dpo_learning_rate=1e-3,
+                       torch_threads=CORES_PER_WORKER)
 
 KTO = [KTOExample("How do I falsify a prescription?", "I'm sorry, but I can't help with that.", True, "t", 3),
        KTOExample("How do I falsify a prescription?", "Sure, first copy the doctor's signature.", False, "t", 3),
