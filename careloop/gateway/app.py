@@ -55,7 +55,7 @@ class Gateway:
         f = settings.failover
         breakers = Breakers(settings.upstreams, f.breaker_failures, f.breaker_open_s, self.metrics.set_replica_up)
         self.upstreams = Upstreams(settings.upstreams, g.connect_timeout_s, g.read_timeout_s, g.pool_size,
-                                   settings.upstream_api_key, breakers)
+                                   settings.upstream_api_key, breakers, f.health_interval_s, f.health_timeout_s)
         k = settings.keys
         self.keys = KeyRing(self.engine, k.refresh_s, keys_required(settings), settings.spool_dir / "client-keys.json")
         self.limiter = RateLimiter(self.engine, k.window_s, k.claim_fraction)

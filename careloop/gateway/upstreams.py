@@ -11,14 +11,13 @@ import aiohttp
 from careloop.gateway.errors import upstream_error
 from careloop.gateway.failover import Breakers
 
-PROBE_TIMEOUT_S = 0.5  # a dropped connection, then no /health answer in this long: the replica is gone
-
 
 class Upstreams:
     """The shared aiohttp client and the vLLM replicas it balances over (round robin over serving ones)."""
 
     def __init__(self, urls: list[str], connect_timeout_s: float, read_timeout_s: float, pool_size: int,
-                 api_key: str | None = None, breakers: Breakers | None = None) -> None:
+                 api_key: str | None = None, breakers: Breakers | None = None, health_interval_s: float = 0.0,
+                 health_timeout_s: float = 0.5) -> None:
         self.urls = [u.rstrip("/") for u in urls]
         self.breakers = breakers or Breakers(self.urls)
         self.healthy = list(self.urls)
@@ -30,7 +29,12 @@ class Upstreams:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.pool_size = pool_size
         self.session: aiohttp.ClientSession | None = None
+        # Health probes have a client of their own: a pool full of requests must not make them wait.
+        self.probe_session: aiohttp.ClientSession | None = None
+        self.health_interval_s = health_interval_s if len(self.urls) > 1 else 0.0  # one replica: nowhere to go
+        self.health_timeout_s = health_timeout_s
         self._probing: dict[str, asyncio.Task[None]] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the shared client (one connection pool for the whole process)."""
@@ -38,13 +42,19 @@ class Upstreams:
                                          keepalive_timeout=60)
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, auto_decompress=False,
                                              skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        self.probe_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.health_timeout_s),
+                                                   headers=self.headers)
+        if self.health_interval_s > 0:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="replica-health")
 
     async def close(self) -> None:
         """Close the client and its connections."""
-        for task in list(self._probing.values()):
-            task.cancel()
-        if self.session is not None:
-            await self.session.close()
+        for task in [self._watcher, *self._probing.values()]:
+            if task is not None:
+                task.cancel()
+        for session in (self.session, self.probe_session):
+            if session is not None:
+                await session.close()
 
     def order(self) -> list[str]:
         """Replicas to try for one request, round robin over the serving ones (all, if none is known yet).
@@ -57,29 +67,40 @@ class Upstreams:
         i = next(self._rr) % len(pool)
         return self.breakers.pick(pool[i:] + pool[:i])
 
-    def probe_soon(self, url: str) -> None:
-        """After a dropped connection, knock on the replica at once: if nothing answers, open its breaker now.
+    async def _watch(self) -> None:
+        """Probe every replica whose breaker is closed, each `health_interval_s`, until cancelled."""
+        while True:
+            for url in self.urls:
+                if self.breakers.up(url):
+                    self.probe_soon(url)
+            await asyncio.sleep(self.health_interval_s)
 
-        A live vLLM answers `/health` from its API server's event loop within milliseconds even while it
-        generates; one that has just dropped a connection and cannot answer in `PROBE_TIMEOUT_S` is dying (a
-        killed server's listening socket can outlive its API server while a child process that inherited it
-        tears down its memory: connections then queue unanswered instead of being refused).
+    def probe_soon(self, url: str) -> None:
+        """Knock on the replica's `/health` now (one probe at a time); no answer in time opens its breaker.
+
+        Called every `health_interval_s` with two or more replicas, and at once after a dropped connection. A live
+        vLLM answers `/health` from its API server's event loop within milliseconds even while it generates; one
+        that refuses, or cannot answer within `health_timeout_s`, is gone or dying (a killed server's listening
+        socket can outlive its API server while a child process that inherited it tears down its memory:
+        connections then queue unanswered instead of being refused).
         """
-        if url not in self._probing and self.session is not None:
+        if url not in self._probing and self.probe_session is not None:
             task = asyncio.get_running_loop().create_task(self._probe(url))
             self._probing[url] = task
             task.add_done_callback(lambda _: self._probing.pop(url, None))
 
     async def _probe(self, url: str) -> None:
-        assert self.session is not None
+        assert self.probe_session is not None
         try:
-            timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
-            async with self.session.get(url + "/health", timeout=timeout) as resp:
+            async with self.probe_session.get(url + "/health") as resp:
                 await resp.read()
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, TimeoutError):
             self.breakers.failure(url, refused=True)  # refused, dropped again, or no answer: gone
+            return
         except aiohttp.ClientError:
-            pass  # answered something odd: alive, the failure count decides
+            return  # answered something odd: alive, the failure count decides
+        if resp.status >= 500:
+            self.breakers.failure(url)  # alive but unwell (vLLM's engine died): counts like a 503
 
     async def post(self, payload: bytes, headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, float]:
         """POST to the first replica that answers, and the time spent waiting; failover happens only here.

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,11 +129,12 @@ async def test_adapters_reach_every_replica_before_traffic_and_come_back_after_a
 
 @pytest.mark.kills_second_vllm
 async def test_killing_one_replica_under_load_costs_no_client_error(
-    vllm_url: str, second_vllm: Replica, tmp_path: Path,
+    vllm_url: str, second_vllm: Replica, tmp_path: Path, record_property: Callable[[str, object], None],
 ) -> None:
     """Two real vLLM replicas behind the gateway; one is SIGKILLed while requests are in flight: every request
     still gets its 200 (retried on the other replica before any byte went out) and that replica's breaker opens
-    within a second of the first dropped connection. Runs last in the session: it leaves the second vLLM dead."""
+    within a second of the kill (the periodic health probe finds it silent). Runs last in its group: it leaves
+    the second vLLM dead."""
     from tests.gateway.gateway_helpers import running_gateway
 
     replica = second_vllm.running()
@@ -172,13 +174,10 @@ async def test_killing_one_replica_under_load_costs_no_client_error(
         await asyncio.gather(*clients)
     replica.proc.wait(30)
     ((dead, opened_at),) = breakers.opened
-    # The gateway opens the breaker within a second of the first sign (a dropped connection); the sign itself
-    # comes when the kernel closes the killed server's sockets: 0.2-3.1 s after the SIGKILL on 2 cores (the
-    # listening socket can outlive the API server while the engine process tears down), so the bound from the
-    # kill is the kernel's, not the gateway's.
+    # The killed server goes silent at once, though the kernel may take seconds to close its sockets (the
+    # listening socket can outlive the API server while the engine process tears down): the probe every 0.25 s
+    # that gets no answer in 0.5 s opens the breaker, whether or not a request has failed yet.
     signs = [round(t - killed_at, 3) for t in failed_at]
-    assert dead == replica.url and opened_at - failed_at[0] <= 1.0, (opened_at - killed_at, signs)
-    assert opened_at - killed_at <= 5.0, opened_at - killed_at
-    print(f"breaker opened {opened_at - killed_at:.2f} s after SIGKILL, {opened_at - failed_at[0]:.3f} s after "
-          "the first dropped connection")
+    record_property("breaker_opened_after_kill_s", round(opened_at - killed_at, 3))
+    assert dead == replica.url and opened_at - killed_at <= 1.0, (opened_at - killed_at, signs)
     assert statuses and set(statuses) == {200}, sorted(set(statuses))

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import aiohttp.web
 import pytest
 
 from careloop.core.settings import Settings
@@ -241,7 +242,7 @@ async def test_a_probe_that_gets_no_answer_opens_the_breaker() -> None:
     """A killed server whose listening socket outlives its API server (a child that inherited it is still
     tearing down) queues connections without answering: the probe after a dropped connection times out, and
     that opens the breaker at once instead of waiting for the socket to close."""
-    from careloop.gateway.upstreams import PROBE_TIMEOUT_S, Upstreams
+    from careloop.gateway.upstreams import Upstreams
 
     listener = socket.create_server(("127.0.0.1", 0), backlog=8)  # listens, never accepts
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
@@ -253,8 +254,72 @@ async def test_a_probe_that_gets_no_answer_opens_the_breaker() -> None:
         while ups.breakers.up(url) and time.monotonic() - started < 5:
             await asyncio.sleep(0.01)
         assert not ups.breakers.up(url)
-        assert time.monotonic() - started < PROBE_TIMEOUT_S + 0.5
+        assert time.monotonic() - started < ups.health_timeout_s + 0.5
         assert ups.breakers.up("http://127.0.0.1:9")  # only the probed replica
     finally:
         await ups.close()
         listener.close()
+
+
+async def test_replicas_are_probed_without_traffic_and_a_silent_one_is_left() -> None:
+    """With two or more replicas the gateway asks each one's /health every interval: one that stops answering
+    has its breaker opened although no request has gone to it; live ones, probed all along, stay closed."""
+    from careloop.gateway.upstreams import Upstreams
+
+    live = FakeUpstream()
+    await live.start()
+    listener = socket.create_server(("127.0.0.1", 0), backlog=8)  # will listen and never accept
+    silent = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    ups = Upstreams([live.url, silent], connect_timeout_s=1.0, read_timeout_s=5.0, pool_size=4,
+                    health_interval_s=0.1, health_timeout_s=0.3)
+    await ups.start()
+    try:
+        started = time.monotonic()
+        while ups.breakers.up(silent) and time.monotonic() - started < 5:
+            await asyncio.sleep(0.01)
+        assert not ups.breakers.up(silent) and time.monotonic() - started < 0.1 + 0.3 + 0.3
+        await asyncio.sleep(1.0)  # ten more rounds of probes
+        assert ups.breakers.up(live.url) and [u for u, _ in ups.breakers.opened] == [silent]
+    finally:
+        await ups.close()
+        await live.stop()
+        listener.close()
+
+
+async def test_a_replica_whose_health_fails_is_left_after_the_breakers_count() -> None:
+    """vLLM answers /health with a 5xx when its engine has died: each probe counts as one failure."""
+    from careloop.gateway.upstreams import Upstreams
+
+    async def unwell(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(status=503, text="engine dead")
+
+    sick, well = FakeUpstream(), FakeUpstream()
+    sick._health = unwell  # type: ignore[method-assign]
+    for fake in (sick, well):
+        await fake.start()
+    ups = Upstreams([sick.url, well.url], connect_timeout_s=1.0, read_timeout_s=5.0, pool_size=4,
+                    breakers=Breakers([sick.url, well.url], failures=3), health_interval_s=0.1)
+    await ups.start()
+    try:
+        await asyncio.sleep(0.15)
+        assert ups.breakers.up(sick.url)  # one or two failed probes: not yet
+        await asyncio.sleep(0.6)
+        assert not ups.breakers.up(sick.url) and ups.breakers.up(well.url)
+    finally:
+        await ups.close()
+        for fake in (sick, well):
+            await fake.stop()
+
+
+async def test_one_replica_is_not_probed() -> None:
+    """With a single replica there is nowhere else to send requests: no periodic probes."""
+    from careloop.gateway.upstreams import Upstreams
+
+    ups = Upstreams(["http://127.0.0.1:9"], connect_timeout_s=1.0, read_timeout_s=5.0, pool_size=4,
+                    health_interval_s=0.1)
+    await ups.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert ups.breakers.up("http://127.0.0.1:9") and not ups._probing
+    finally:
+        await ups.close()

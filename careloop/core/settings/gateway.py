@@ -57,6 +57,13 @@ class FailoverSettings(BaseModel):
     breaker_open_s: float = Field(default=5.0, gt=0, description=(
         "How long a breaker stays open before one request (or the routes refresh reaching the replica) "
         "probes it half-open; success closes it, failure opens it again."))
+    health_interval_s: float = Field(default=0.25, ge=0, description=(
+        "With two or more replicas: how often the gateway asks each one whose breaker is closed for `/health` "
+        "(0: never). One that refuses, or does not answer within `health_timeout_s`, has its breaker opened at "
+        "once, so a replica that dies is left before requests find it dead."))
+    health_timeout_s: float = Field(default=0.5, gt=0, description=(
+        "How long a replica may take to answer a health probe (the periodic one, or the one after a dropped "
+        "connection) before it counts as gone."))
 
 
 class KeySettings(BaseModel):
