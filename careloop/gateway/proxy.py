@@ -12,7 +12,6 @@ import contextlib
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from careloop.core.telemetry import gateway_span
@@ -26,6 +25,7 @@ from careloop.gateway.relay import relay
 from careloop.gateway.request_id import request_ids
 from careloop.gateway.routing import choose
 from careloop.gateway.state import GatewayState
+from careloop.gateway.upstream_client import UpstreamError
 
 
 async def chat_completions(gw: GatewayState, scope: Scope, receive: Receive, send: Send) -> None:
@@ -167,17 +167,17 @@ async def _forward(gw: GatewayState, ex: Exchange, record: Record, payload: byte
     """Forward to a replica and relay its answer; what failed upstream comes back as the error to report."""
     upstreams = gw.upstreams
     try:
-        resp, wait = await upstreams.post(payload, ex.ids.upstream_headers(upstreams.headers))
+        resp, wait = await upstreams.post(payload, ex.ids.upstream_header_lines())
         ex.upstream_wait += wait
         await relay(ex, record, resp, receive, send, gw.traffic_log)
     except GatewayError as exc:
         ex.status, ex.error = exc.status, exc.message
         return exc
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+    except TimeoutError:
         ex.status, ex.error = 504, "the model server sent nothing within the read timeout"
         return upstream_error(504, ex.error, "upstream_timeout")
-    except aiohttp.ClientError as exc:
-        ex.status, ex.error = 502, f"the model server broke the response off ({_error_kind(exc)})"
+    except UpstreamError as exc:  # its kind only: never the exception's text (it could hold an address)
+        ex.status, ex.error = 502, f"the model server broke the response off ({exc.kind})"
         return upstream_error(502, ex.error, "bad_gateway")
     except asyncio.CancelledError:
         if not scope.get(CLIENT_GONE):
@@ -211,19 +211,6 @@ async def _record(gw: GatewayState, ex: Exchange, record: Record, failure: Gatew
         return
     if log.depth > log.high_water:
         await log.wait_for_room()
-
-
-def _error_kind(exc: BaseException) -> str:
-    """What went wrong upstream, by kind only: never the exception's text (it can hold headers or addresses)."""
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "truncated body"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "connection closed"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return "malformed response"
-    if isinstance(exc, aiohttp.ClientOSError):
-        return "connection error"
-    return "protocol error"
 
 
 async def _fail_late(send: Send, started: bool, exc: GatewayError, headers: list[tuple[bytes, bytes]]) -> None:

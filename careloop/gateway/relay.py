@@ -10,25 +10,24 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
-
 from careloop.gateway.asgi import Receive, Send
 from careloop.gateway.exchange import Exchange
 from careloop.gateway.record import Record
 from careloop.gateway.traffic_log import TrafficLog
+from careloop.gateway.upstream_client import UpstreamResponse
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
 _USAGE_MARKERS = (b'"choices":[]', b'"choices": []')
 
 
-async def relay(ex: Exchange, record: Record, resp: aiohttp.ClientResponse, receive: Receive, send: Send,
+async def relay(ex: Exchange, record: Record, resp: UpstreamResponse, receive: Receive, send: Send,
                 log: TrafficLog) -> None:
     """Send vLLM's response to the client and log the record; a client that left stops vLLM (status 499)."""
     completed = False
     try:
         ex.status = resp.status
-        ctype = resp.headers.get("Content-Type", "application/json").encode("latin-1")
+        ctype = resp.content_type
         if not record.stream or ex.status != 200 or not ctype.startswith(b"text/event-stream"):
             await _relay_body(ex, record, resp, ctype, send, log)
         else:
@@ -41,7 +40,7 @@ async def relay(ex: Exchange, record: Record, resp: aiohttp.ClientResponse, rece
             resp.close()  # stop vLLM generating for a client that left (or a failed read)
 
 
-async def _relay_body(ex: Exchange, record: Record, resp: aiohttp.ClientResponse, ctype: bytes, send: Send,
+async def _relay_body(ex: Exchange, record: Record, resp: UpstreamResponse, ctype: bytes, send: Send,
                       log: TrafficLog) -> None:
     """The whole body, as it came, with its status and content type."""
     t_up = time.perf_counter()
@@ -57,7 +56,7 @@ async def _relay_body(ex: Exchange, record: Record, resp: aiohttp.ClientResponse
     await send({"type": "http.response.body", "body": data})
 
 
-async def _relay_stream(ex: Exchange, record: Record, resp: aiohttp.ClientResponse, receive: Receive, send: Send,
+async def _relay_stream(ex: Exchange, record: Record, resp: UpstreamResponse, receive: Receive, send: Send,
                         log: TrafficLog) -> None:
     """SSE chunks forwarded as each arrives (whole events only while dropping the usage event)."""
     chunks: list[bytes] = []
@@ -69,15 +68,12 @@ async def _relay_stream(ex: Exchange, record: Record, resp: aiohttp.ClientRespon
     pending = b""
     wait = 0.0
     try:
-        iterator = resp.content.iter_any().__aiter__()
         while True:
             t_up = time.perf_counter()
-            try:
-                chunk = await iterator.__anext__()
-            except StopAsyncIteration:
-                wait += time.perf_counter() - t_up
-                break
+            chunk = await resp.chunk()
             wait += time.perf_counter() - t_up
+            if chunk is None:
+                break
             chunks.append(chunk)
             if strip_usage:
                 out, pending = _whole_events(pending, chunk)

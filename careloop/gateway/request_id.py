@@ -53,9 +53,9 @@ class RequestIds:
             return self.request_id
         return f"{self.request_id}:{self.exchange_id}"
 
-    def upstream_headers(self, base: dict[str, str]) -> dict[str, str]:
-        """`base` plus the request id and trace context, for the request to vLLM."""
-        return {**base, "X-Request-ID": self.upstream_request_id, "traceparent": self.traceparent}
+    def upstream_header_lines(self) -> bytes:
+        """The request id and trace context as header lines, for the request to vLLM (both are plain tokens)."""
+        return f"X-Request-ID: {self.upstream_request_id}\r\ntraceparent: {self.traceparent}\r\n".encode()
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str, bool] | None:

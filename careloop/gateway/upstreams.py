@@ -1,4 +1,8 @@
-"""The vLLM replicas behind the gateway: one shared aiohttp client, round robin, and failover before a reply."""
+"""The vLLM replicas behind the gateway: round robin, failover before a reply, health probes.
+
+Requests go through the hot path's own client (`careloop/gateway/upstream_client.py`); `/health` probes, route
+reconciliation and admin calls through an aiohttp session.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,13 @@ import aiohttp
 
 from careloop.gateway.errors import upstream_error
 from careloop.gateway.failover import Breakers
+from careloop.gateway.upstream_client import ConnectFailed, Disconnected, UpstreamClient, UpstreamResponse
+
+CHAT_PATH = b"/v1/chat/completions"
 
 
 class Upstreams:
-    """The shared aiohttp client and the vLLM replicas it balances over (round robin over serving ones)."""
+    """The vLLM replicas, the clients that reach them, and the order requests try them in."""
 
     def __init__(self, urls: list[str], connect_timeout_s: float, read_timeout_s: float, pool_size: int,
                  api_key: str | None = None, breakers: Breakers | None = None, health_interval_s: float = 0.0,
@@ -27,7 +34,9 @@ class Upstreams:
         self.headers = {"Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
+        self.header_lines = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in self.headers.items())
         self.pool_size = pool_size
+        self.client = UpstreamClient(self.urls, connect_timeout_s, read_timeout_s, pool_size)
         self.session: aiohttp.ClientSession | None = None
         # Health probes have a client of their own: a pool full of requests must not make them wait.
         self.probe_session: aiohttp.ClientSession | None = None
@@ -37,7 +46,7 @@ class Upstreams:
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open the shared client (one connection pool for the whole process)."""
+        """Open the aiohttp session (probes, reconciliation, admin) and start the health watcher."""
         connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0, ttl_dns_cache=300,
                                          keepalive_timeout=60)
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, auto_decompress=False,
@@ -55,6 +64,7 @@ class Upstreams:
         for session in (self.session, self.probe_session):
             if session is not None:
                 await session.close()
+        self.client.close()
 
     def order(self) -> list[str]:
         """Replicas to try for one request, round robin over the serving ones (all, if none is known yet).
@@ -102,28 +112,28 @@ class Upstreams:
         if resp.status >= 500:
             self.breakers.failure(url)  # alive but unwell (vLLM's engine died): counts like a 503
 
-    async def post(self, payload: bytes, headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, float]:
+    async def post(self, payload: bytes, headers: bytes) -> tuple[UpstreamResponse, float]:
         """POST to the first replica that answers, and the time spent waiting; failover happens only here.
 
-        Nothing has gone to the client yet, so a replica whose connection fails (refused, reset, closed before a
-        response) or that answers 503 is retried on the next one; its breaker counts the failure. A read timeout
-        is not retried (the replica may be busy generating). The last replica's 503 is passed through.
+        `headers` are extra request header lines (`Name: value\\r\\n`) after the gateway's own. Nothing has gone
+        to the client yet, so a replica that cannot be reached, whose connection closes before a response, or that
+        answers 503 is retried on the next one; its breaker counts the failure. A read timeout or a malformed
+        answer is not retried (the replica may be busy generating; 504 / 502). The last replica's 503 is passed
+        through.
         """
-        session = self.session
-        assert session is not None
+        client = self.client
         breakers = self.breakers
         order = self.order()
+        lines = self.header_lines + headers
         last_exc: BaseException | None = None
         wait = 0.0
         for i, url in enumerate(order):
             t_up = time.perf_counter()
             try:
-                resp = await session.post(url + "/v1/chat/completions", data=payload, headers=headers)
-            except (aiohttp.ServerTimeoutError, TimeoutError, aiohttp.ClientResponseError):
-                raise  # busy generating, or it answered something malformed (502): not a connection failure
-            except aiohttp.ClientError as exc:  # no response from this replica: try the next one
+                resp = await client.post(url, CHAT_PATH, lines, payload)
+            except (ConnectFailed, Disconnected) as exc:  # no response from this replica: try the next one
                 wait += time.perf_counter() - t_up
-                refused = isinstance(exc, aiohttp.ClientConnectorError)
+                refused = isinstance(exc, ConnectFailed) and exc.refused
                 breakers.failure(url, refused=refused)
                 if not refused:
                     self.probe_soon(url)
@@ -132,7 +142,7 @@ class Upstreams:
             wait += time.perf_counter() - t_up
             if resp.status == 503 and i + 1 < len(order):
                 breakers.failure(url)
-                resp.release()
+                resp.close()
                 continue
             if resp.status == 503:
                 breakers.failure(url)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +20,17 @@ EVENTS = [b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n',
           b"data: [DONE]\n\n"]
 
 
-class FakeContent:
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-
-    async def _each(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
-
-    def iter_any(self) -> AsyncIterator[bytes]:
-        return self._each()
-
-
 class FakeResponse:
-    """Just what `relay` reads of an aiohttp response."""
+    """Just what `relay` reads of an upstream response."""
 
     def __init__(self, chunks: list[bytes]) -> None:
         self.status = 200
-        self.headers = {"Content-Type": "text/event-stream"}
-        self.content = FakeContent(chunks)
+        self.content_type = b"text/event-stream"
+        self.chunks = list(chunks)
         self.released = self.closed = False
+
+    async def chunk(self) -> bytes | None:
+        return self.chunks.pop(0) if self.chunks else None
 
     def release(self) -> None:
         self.released = True
