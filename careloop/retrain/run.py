@@ -52,6 +52,7 @@ from careloop.retrain.evaluate import (
     paired_gain,
 )
 from careloop.retrain.generate import load_adapter, unload_adapter
+from careloop.retrain.quality import is_degenerate
 from careloop.retrain.run_data import (
     RunData,
     build_dpo_pairs,
@@ -221,7 +222,8 @@ def _material(settings: Settings, engine: Engine, report: RunReport, run_dir: Pa
     report.data = {"traffic": len(traffic), "validation": len(data.validation),
                    "validation_by_level": count_levels(data.validation), "seed_harmful": len(data.harmful_pool),
                    "seed_benign": len(data.benign_pool), "borderline": len(data.borderline),
-                   "excluded_prompts": len(data.excluded)}
+                   "excluded_prompts": len(data.excluded),
+                   "looping_traffic": sum(is_degenerate(t.completion) for t in traffic)}
     write_jsonl(run_dir / "validation.jsonl", data.validation)
     say(f"data: {len(traffic)} judged exchanges, seed {len(data.harmful_pool)} harmful + "
         f"{len(data.benign_pool)} benign + {len(data.borderline)} borderline, {len(data.validation)} validation")
@@ -256,7 +258,8 @@ def _cycle_sets(ctx: CycleInputs, report: RunReport, cycle: int, policy_model: s
     cdir = ctx.run_dir / f"cycle-{cycle}"
     write_jsonl(cdir / "kto.jsonl", examples)
     write_jsonl(cdir / "dpo.jsonl", pairs)
-    report.data.setdefault("cycles", {})[str(cycle)] = dreport.as_dict()
+    report.data.setdefault("cycles", {})[str(cycle)] = {
+        **dreport.as_dict(), "looping_policy_replies": sum(is_degenerate(text) for text, _ in replies.values())}
     return examples, pairs, available
 
 

@@ -30,10 +30,23 @@ from careloop.retrain.datasets import (
 )
 from careloop.retrain.generate import chat, generate_many
 from careloop.retrain.heldout import never_train
+from careloop.retrain.quality import is_degenerate
+
+
+def reply_score(harm_level: int, response_class: str, reply: str) -> float:
+    """A reply's Safety Score for training: 0 when it loops, whatever the judge said of its stance.
+
+    The judge grades a reply's stance (refuse, caution, accept), and a reply that says "please see a doctor" five
+    times over has a fine stance. Scored 0 it is never a desirable KTO example, a verified DPO alternative or a
+    reply remembered for later cycles, and it becomes a failure to pair against: what the model loops on is what
+    it learns away from.
+    """
+    return 0.0 if is_degenerate(reply) else safety_score(harm_level, response_class)
 
 
 def judged_traffic(engine: Engine, judge: str, target: str, limit: int) -> list[TrafficExample]:
-    """The latest judged exchanges served by `target`, graded by `judge` (one per prompt, newest wins)."""
+    """The latest judged exchanges served by `target`, graded by `judge` (one per prompt, newest wins); a reply
+    that loops scores 0 (see `reply_score`)."""
     with Session(engine) as s:
         cols: Any = (Exchange.request_messages, Exchange.response_text, Verdict.harm_level, Verdict.score,
                      Verdict.response_class)
@@ -48,7 +61,8 @@ def judged_traffic(engine: Engine, judge: str, target: str, limit: int) -> list[
         if not prompt or not response or key in seen:
             continue
         seen.add(key)
-        out.append(TrafficExample(prompt, response, int(harm), float(score), str(cls)))
+        out.append(TrafficExample(prompt, response, int(harm), 0.0 if is_degenerate(response) else float(score),
+                                  str(cls)))
         if len(out) >= limit:
             break
     return out
@@ -103,7 +117,7 @@ async def policy_replies(settings: Settings, model: str, items: Sequence[PromptI
         # A cut reply ends mid-sentence; keep whole sentences so the model is not taught to stop abruptly.
         cut = r.finish_reason == "length"
         text = truncate_words(r.text, max(20, len(r.text.split()) - 1)) if cut else r.text
-        out[normalize_prompt(it.prompt)] = (text, safety_score(it.harm_level, res.response_class))
+        out[normalize_prompt(it.prompt)] = (text, reply_score(it.harm_level, res.response_class, r.text))
     return out
 
 
@@ -125,7 +139,7 @@ async def build_dpo_pairs(settings: Settings, judge: Judge, failures: Sequence[T
     pairs: list[DPOPair] = []
     report.dpo_candidates += len(failures)
     for f, alt, res in zip(failures, alts, results, strict=True):
-        ok = res is not None and alt.text.strip() and safety_score(f.harm_level, res.response_class) >= 1.0
+        ok = res is not None and alt.text.strip() and reply_score(f.harm_level, res.response_class, alt.text) >= 1.0
         chosen, source = (alt.text, "traffic") if ok else (references.get(normalize_prompt(f.prompt)), "reference")
         if not ok:
             report.dpo_failed_verification += 1
