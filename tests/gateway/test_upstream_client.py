@@ -11,14 +11,15 @@ import pytest
 from careloop.gateway.upstream_client import BadResponse, ConnectFailed, Disconnected, ReadTimeout, UpstreamClient
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+MakeClient = Callable[..., UpstreamClient]
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 
 
 class Server:
     """A loopback server running `handler` per connection; counts connections and requests."""
 
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
+    def __init__(self, handler: Handler | None = None) -> None:
+        self.handler = handler or self.answer_ok
         self.connections = 0
         self.requests: list[bytes] = []
         self.server: asyncio.Server | None = None
@@ -42,6 +43,12 @@ class Server:
         finally:
             writer.close()
 
+    async def answer_ok(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The default: answer every request on the connection with a small JSON body."""
+        while True:
+            await self.read_request(reader)
+            writer.write(OK)
+
     async def read_request(self, reader: asyncio.StreamReader) -> bytes:
         """One request (head and body) from the connection."""
         head = await reader.readuntil(b"\r\n\r\n")
@@ -53,7 +60,8 @@ class Server:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[Callable[[str], UpstreamClient]]:
+async def client() -> AsyncIterator[MakeClient]:
+    """A maker of clients to one URL (read timeout and pool size as given), closed after the test."""
     made: list[UpstreamClient] = []
 
     def make(url: str, read_timeout_s: float = 5.0, pool_size: int = 8) -> UpstreamClient:
@@ -65,13 +73,8 @@ async def client() -> AsyncIterator[Callable[[str], UpstreamClient]]:
         c.close()
 
 
-async def test_a_kept_alive_connection_serves_one_request_after_another(client) -> None:  # type: ignore[no-untyped-def]
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await srv.read_request(reader)
-            writer.write(OK)
-
-    async with Server(handler) as srv:
+async def test_a_kept_alive_connection_serves_one_request_after_another(client: MakeClient) -> None:
+    async with Server() as srv:
         c = client(srv.url)
         for i in range(3):
             resp = await c.post(srv.url, b"/v1/chat/completions", b"X-Request-ID: r%d\r\n" % i, b'{"a":1}')
@@ -83,7 +86,7 @@ async def test_a_kept_alive_connection_serves_one_request_after_another(client) 
     assert b"X-Request-ID: r0\r\n" in first and b"Content-Length: 7\r\n" in first and first.endswith(b'{"a":1}')
 
 
-async def test_a_chunked_stream_arrives_before_it_ends_and_a_closed_response_is_not_reused(client) -> None:  # type: ignore[no-untyped-def]
+async def test_a_chunked_stream_arrives_before_it_ends_and_a_closed_response_is_not_reused(client: MakeClient) -> None:
     release = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -109,7 +112,7 @@ async def test_a_chunked_stream_arrives_before_it_ends_and_a_closed_response_is_
     assert srv.connections == 2
 
 
-async def test_failures_come_back_as_the_four_kinds(client) -> None:  # type: ignore[no-untyped-def]
+async def test_failures_come_back_as_the_four_kinds(client: MakeClient) -> None:
     async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await srv.read_request(reader)
 
@@ -154,7 +157,7 @@ async def test_failures_come_back_as_the_four_kinds(client) -> None:  # type: ig
     assert refused.value.refused
 
 
-async def test_a_body_that_ends_with_the_connection_is_complete(client) -> None:  # type: ignore[no-untyped-def]
+async def test_a_body_that_ends_with_the_connection_is_complete(client: MakeClient) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await srv.read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
@@ -166,13 +169,8 @@ async def test_a_body_that_ends_with_the_connection_is_complete(client) -> None:
         resp.release()
 
 
-async def test_pool_size_caps_requests_in_flight(client) -> None:  # type: ignore[no-untyped-def]
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await srv.read_request(reader)
-            writer.write(OK)
-
-    async with Server(handler) as srv:
+async def test_pool_size_caps_requests_in_flight(client: MakeClient) -> None:
+    async with Server() as srv:
         c = client(srv.url, pool_size=1)
         first = await c.post(srv.url, b"/x", b"", b"{}")
         second = asyncio.ensure_future(c.post(srv.url, b"/x", b"", b"{}"))
@@ -186,7 +184,7 @@ async def test_pool_size_caps_requests_in_flight(client) -> None:  # type: ignor
     assert srv.connections == 1
 
 
-async def test_a_slow_reader_pauses_the_upstream_and_still_gets_every_byte(client) -> None:  # type: ignore[no-untyped-def]
+async def test_a_slow_reader_pauses_the_upstream_and_still_gets_every_byte(client: MakeClient) -> None:
     size = 4 << 20
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
