@@ -12,7 +12,8 @@ For each dtype (and, with --emulate, each emulated CPU), start vLLM as `careloop
 and `avx2` (e.g. AMD Zen 2/3). vLLM, torch and oneDNN are told so (torch's CPU-capability checks patched in
 every vLLM process, `ONEDNN_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`); it is an estimate of such a CPU, not one.
 
-    .venv/bin/python bench/vllm_bench.py [--dtypes bfloat16,float32] [--emulate avx512,avx2] [--json out.json]
+    .venv/bin/python bench/vllm_bench.py [--dtypes bfloat16,float32] [--emulate avx512,avx2] [--bind auto,0-1]
+        [--json out.json]
 
 Needs `careloop model prepare`. About 2-3 min per row on 2 cores.
 """
@@ -90,14 +91,17 @@ async def measure(url: str, model: str, questions: list[str]) -> dict[str, Any]:
             "concurrent_tok_s": sum(n for _, n, _ in many) / wall, "replies": replies}
 
 
-def run_one(settings: Settings, dtype: str, isa: str | None, questions: list[str], log_dir: Path) -> dict[str, Any]:
-    """Start vLLM in one dtype on one (possibly emulated) CPU, measure it, stop it."""
+def run_one(settings: Settings, dtype: str, isa: str | None, questions: list[str], log_dir: Path,
+            bind: str | None = None) -> dict[str, Any]:
+    """Start vLLM in one dtype on one (possibly emulated) CPU and core binding, measure it, stop it."""
     port = free_port()
     cfg = settings.model_copy(update={"vllm_dtype": dtype, "vllm_port": port})
     shim = log_dir / f"shim-{isa}"
     shim.mkdir(exist_ok=True)
     env = {**vllm_env(cfg), **emulation_env(isa, shim)}
-    log = log_dir / f"vllm-{dtype}-{isa or 'native'}.log"
+    if bind:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    log = log_dir / f"vllm-{dtype}-{isa or 'native'}-{bind or 'default'}.log"
     procs = Procs()
     t = time.perf_counter()
     proc = procs.start(vllm_command(cfg), env, log)
@@ -107,7 +111,8 @@ def run_one(settings: Settings, dtype: str, isa: str | None, questions: list[str
         result = asyncio.run(measure(f"http://127.0.0.1:{port}", cfg.base_model, questions))
     finally:
         procs.stop(proc)
-    return {"dtype": dtype, "cpu": isa or "native", "startup_s": startup, **result}
+    return {"dtype": dtype, "cpu": isa or "native", "bind": env.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
+            "startup_s": startup, **result}
 
 
 def words(text: str, n: int = 6) -> list[str]:
@@ -120,6 +125,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--emulate", default="", help="comma-separated: avx512, avx2")
+    ap.add_argument("--bind", default="", help="comma-separated VLLM_CPU_OMP_THREADS_BIND values to compare "
+                    "(e.g. auto,0-1,nobind); default: what `careloop up` sets")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     settings = Settings()
@@ -128,20 +135,20 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="vllm-bench-") as tmp:
         for isa in [None, *[e for e in args.emulate.split(",") if e]]:
-            for dtype in args.dtypes.split(","):
-                row = run_one(settings, dtype, isa, questions, Path(tmp))
+            for dtype, bind in [(d, b) for d in args.dtypes.split(",") for b in args.bind.split(",")]:
+                row = run_one(settings, dtype, isa, questions, Path(tmp), bind or None)
                 row["agree6"] = sum(words(a) == words(b) for a, b in zip(row["replies"], reference, strict=True))
                 row["identical"] = sum(a.strip() == b.strip() for a, b in zip(row["replies"], reference, strict=True))
                 rows.append(row)
-                print(f"{row['cpu']:>7} {dtype:>9}: startup {row['startup_s']:.0f} s, reply {row['reply_s']:.2f} s, "
+                print(f"{row['cpu']:>7} {dtype:>9} bind {row['bind']}: startup {row['startup_s']:.0f} s, reply {row['reply_s']:.2f} s, "
                       f"{row['concurrent_tok_s']:.0f} tok/s at 16", flush=True)
     print(f"\nthis CPU: native bf16 = {native_bf16()}; `vllm_dtype: auto` picks "
           f"{'bfloat16' if native_bf16() else 'float32'} here\n")
-    print("| CPU | dtype | startup s | 64-token reply s | 1 stream tok/s | 16 streams tok/s "
+    print("| CPU | dtype | core binding | startup s | 64-token reply s | 1 stream tok/s | 16 streams tok/s "
           "| first 6 words as transformers fp32 | identical |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['cpu']} | {r['dtype']} | {r['startup_s']:.0f} | {r['reply_s']:.2f} | {r['stream_tok_s']:.1f} "
+        print(f"| {r['cpu']} | {r['dtype']} | {r['bind']} | {r['startup_s']:.0f} | {r['reply_s']:.2f} | {r['stream_tok_s']:.1f} "
               f"| {r['concurrent_tok_s']:.0f} | {r['agree6']}/{len(questions)} | {r['identical']}/{len(questions)} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

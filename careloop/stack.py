@@ -126,10 +126,20 @@ def vllm_dtype(settings: Settings) -> str:
     return "bfloat16" if native_bf16() else "float32"
 
 
+def vllm_cpu_bind(setting: str, cores: set[int] | None = None) -> str:
+    """vLLM's VLLM_CPU_OMP_THREADS_BIND for the `vllm_cpu_bind` setting on this process's cores."""
+    if cores is None:
+        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    if setting == "all" or (setting == "auto" and len(cores) <= 4):
+        return ",".join(str(c) for c in sorted(cores))
+    return "auto" if setting in ("auto", "vllm") else setting
+
+
 def vllm_env(settings: Settings) -> dict[str, str]:
     """The environment vLLM's CPU build needs."""
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.vllm_kv_cache_gb))
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", vllm_cpu_bind(settings.vllm_cpu_bind))
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")

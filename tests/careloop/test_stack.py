@@ -62,6 +62,22 @@ def test_vllm_serves_in_the_dtype_the_cpu_computes_fastest(settings: Settings,
     assert cmd[-2:] == ["--dtype", "bfloat16"]
 
 
+def test_vllm_computes_on_every_core_of_a_small_machine(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from careloop.stack import vllm_cpu_bind, vllm_env
+
+    # vLLM's own rule would bind its engine to one core of two and reserve the other for its API server.
+    assert vllm_cpu_bind("auto", {0, 1}) == "0,1"
+    assert vllm_cpu_bind("auto", {2, 3, 5}) == "2,3,5"  # a cpuset (container) is honoured
+    assert vllm_cpu_bind("auto", set(range(16))) == "auto"  # a serving box: vLLM's own rule
+    assert vllm_cpu_bind("all", set(range(16))) == ",".join(map(str, range(16)))
+    assert vllm_cpu_bind("vllm", {0, 1}) == "auto"
+    assert vllm_cpu_bind("0-3", {0, 1}) == "0-3"
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    assert vllm_env(settings.model_copy(update={"vllm_cpu_bind": "nobind"}))["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "1")  # an operator's own binding wins
+    assert vllm_env(settings)["VLLM_CPU_OMP_THREADS_BIND"] == "1"
+
+
 def test_the_console_port_is_checked_unless_the_console_is_off(settings: Settings) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     vllm_kv_cache_gb: int = Field(default=2, description="vLLM's KV cache size on the CPU (GiB).")
     vllm_dtype: Literal["auto", "bfloat16", "float32"] = Field(default="auto", description=(
         "auto: bfloat16 where the CPU multiplies it natively (AVX-512 BF16, AMX, Arm BF16), else float32."))
+    vllm_cpu_bind: str = Field(default="auto", description=(
+        "Cores vLLM's CPU engine computes on (its VLLM_CPU_OMP_THREADS_BIND, which wins when set). auto: every core "
+        "this process may use on a machine of up to 4 (vLLM's own rule reserves one core for its API server, half "
+        "of a 2-core machine), vLLM's own rule above that; all: every core; vllm: vLLM's own rule; nobind; or a "
+        "list such as 0-3."))
     vllm_extra_args: list[str] = Field(default_factory=list, description="Extra arguments for `vllm serve`.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The serving gateway.")
     monitor: MonitorSettings = Field(default_factory=MonitorSettings, description=(
