@@ -140,7 +140,8 @@ def main() -> None:
                 row["agree6"] = sum(words(a) == words(b) for a, b in zip(row["replies"], reference, strict=True))
                 row["identical"] = sum(a.strip() == b.strip() for a, b in zip(row["replies"], reference, strict=True))
                 rows.append(row)
-                print(f"{row['cpu']:>7} {dtype:>9} bind {row['bind']}: startup {row['startup_s']:.0f} s, reply {row['reply_s']:.2f} s, "
+                print(f"{row['cpu']:>7} {dtype:>9} bind {row['bind']}: startup {row['startup_s']:.0f} s, "
+                      f"reply {row['reply_s']:.2f} s, "
                       f"{row['concurrent_tok_s']:.0f} tok/s at 16", flush=True)
     print(f"\nthis CPU: native bf16 = {native_bf16()}; `vllm_dtype: auto` picks "
           f"{'bfloat16' if native_bf16() else 'float32'} here\n")
@@ -148,7 +149,8 @@ def main() -> None:
           "| first 6 words as transformers fp32 | identical |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['cpu']} | {r['dtype']} | {r['bind']} | {r['startup_s']:.0f} | {r['reply_s']:.2f} | {r['stream_tok_s']:.1f} "
+        print(f"| {r['cpu']} | {r['dtype']} | {r['bind']} | {r['startup_s']:.0f} | {r['reply_s']:.2f} "
+              f"| {r['stream_tok_s']:.1f} "
               f"| {r['concurrent_tok_s']:.0f} | {r['agree6']}/{len(questions)} | {r['identical']}/{len(questions)} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
