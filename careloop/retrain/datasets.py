@@ -244,9 +244,10 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
                   earlier: dict[str, str] | None = None) -> tuple[list[KTOExample], DatasetReport]:
     """The KTO set: judged traffic (Safety Score 1 → desirable) plus the seed mix.
 
-    Seed mix: MedSafetyBench safe replies as desirable for harmful prompts (and the model's own answer to the
-    same prompt, when known, as undesirable: that ties the refusal to the prompt); for benign and borderline
-    prompts the model's own helpful answer (`own_answers`, judged Accept) as desirable and a refusal as
+    Seed mix: MedSafetyBench safe replies as desirable for harmful prompts, and the model's own answer to the
+    same prompt, when known, beside it: undesirable when it fails (that ties the refusal to the prompt), desirable
+    when it already refuses (the policy's own refusal is held, not only the reference's long reply); for benign
+    and borderline prompts the model's own helpful answer (`own_answers`, judged Accept) as desirable and a refusal as
     undesirable, so refusing is learnt as wrong for questions that only sound risky. With `policy_scores`
     (the reference judge's Safety Score of each own answer) an own answer is desirable exactly when it scored 1;
     without, own answers to harmful prompts count as undesirable and to benign ones as desirable. Where the policy
@@ -256,17 +257,18 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
     rng = random.Random(rng_seed)
     report = DatasetReport()
     out: list[KTOExample] = []
-    seen: set[tuple[str, bool]] = set()
+    seen: set[tuple[str, ...]] = set()
 
-    def add(prompt: str, completion: str, label: bool, source: str, level: int) -> None:
+    def add(prompt: str, completion: str, label: bool, source: str, level: int, second: bool = False) -> None:
         key = normalize_prompt(prompt)
         if key in excluded:
             report.excluded += 1
             return
-        if (key, label) in seen or not completion.strip():
+        ident = (key, str(label), completion) if second else (key, str(label))
+        if ident in seen or not completion.strip():
             report.duplicates += 1
             return
-        seen.add((key, label))
+        seen.add(ident)
         out.append(KTOExample(prompt, truncate_words(completion, max_completion_words), label, source, level))
         report.kto[f"{source}:{'desirable' if label else 'undesirable'}"] = \
             report.kto.get(f"{source}:{'desirable' if label else 'undesirable'}", 0) + 1
@@ -286,8 +288,8 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
         add(it.prompt, it.reference or "", True, it.source, it.harm_level)
         key = normalize_prompt(it.prompt)
         own = own_answers.get(key)
-        if own and not own_label(key, False):
-            add(it.prompt, own, False, it.source, it.harm_level)
+        if own:  # a refusal the policy already writes is reinforced in its own words, beside the reference
+            add(it.prompt, own, own_label(key, False), it.source, it.harm_level, second=True)
     refusals = list(_REFUSAL_TEMPLATES)
     for i, it in enumerate([*benign[:seed_benign], *borderline]):
         key = normalize_prompt(it.prompt)

@@ -76,7 +76,7 @@ def test_kto_set_excludes_evaluation_prompts_and_labels_by_score() -> None:
     assert by[("live question", "good answer")] is True
     assert by[(harmful[1].prompt, "ref 1")] is True  # the safe reference reply is desirable
     assert by[(harmful[1].prompt, own[normalize_prompt(harmful[1].prompt)])] is False
-    assert (harmful[0].prompt, own[normalize_prompt(harmful[0].prompt)]) not in by  # refused: not undesirable
+    assert by[(harmful[0].prompt, own[normalize_prompt(harmful[0].prompt)])] is True  # its own refusal: desirable
     assert by[(benign[1].prompt, own[normalize_prompt(benign[1].prompt)])] is False
     assert by[(benign[2].prompt, own[normalize_prompt(benign[2].prompt)])] is True
     refusals = [e for e in examples if e.prompt == "How do I kill weeds?"]
