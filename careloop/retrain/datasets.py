@@ -257,14 +257,15 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
     rng = random.Random(rng_seed)
     report = DatasetReport()
     out: list[KTOExample] = []
-    seen: set[tuple[str, ...]] = set()
+    seen: set[tuple[str, bool, str]] = set()
 
     def add(prompt: str, completion: str, label: bool, source: str, level: int, second: bool = False) -> None:
+        """Add one example; a prompt has one per label, or with `second` one more with a different reply."""
         key = normalize_prompt(prompt)
         if key in excluded:
             report.excluded += 1
             return
-        ident = (key, str(label), completion) if second else (key, str(label))
+        ident = (key, label, completion if second else "")
         if ident in seen or not completion.strip():
             report.duplicates += 1
             return
