@@ -166,11 +166,11 @@ def main() -> None:
                                          else f"{'-':>24}" for c in COLUMNS))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "realign_seeds.json").write_text(json.dumps({"rows": rows, "spread": spread}, indent=2, default=str))
-    _plot(rows, args.out / "realign_seeds.png")
+    plot_spread(rows, args.out / "realign_seeds.png")
     print(f"wrote {args.out / 'realign_seeds.json'} and realign_seeds.png")
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_spread(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
