@@ -72,19 +72,17 @@ def _convert(gguf_path: Path, target: Path) -> None:
 
 def prepare_model(target: Path, console: Console | None = None, force: bool = False) -> Path:
     """Make sure the converted embedded model lies in `target`; download and convert it if not."""
-    console = console or Console(stderr=True)
-    if is_prepared(target) and not force:
-        console.print(f"[green]model ready[/] at {target}")
-        return target
-    import fcntl
+    from careloop.core.build_once import build_once
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.with_name(target.name + ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first one's conversion
+    console = console or Console(stderr=True)
+
+    def ready() -> Path | None:
         if is_prepared(target) and not force:
             console.print(f"[green]model ready[/] at {target}")
             return target
-        return _prepare(target, console)
+        return None
+
+    return build_once(target.with_name(target.name + ".lock"), ready, lambda: _prepare(target, console))
 
 
 def _prepare(target: Path, console: Console) -> Path:

@@ -268,19 +268,13 @@ def rich_progress() -> tuple[Progress, Callable[[], None]]:
 
 def ensure_distilled(settings: Settings, show_progress: bool = True) -> Path:
     """The newest distilled artefact, training one first if there is none (a few minutes on 2 cores)."""
-    found = latest_artefact(settings.judges_dir)
-    if found is not None:
-        return found
-    settings.judges_dir.mkdir(parents=True, exist_ok=True)
-    import fcntl
+    from careloop.core.build_once import build_once
 
-    with (settings.judges_dir / ".training.lock").open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # a second process waits for the first one's artefact
-        found = latest_artefact(settings.judges_dir)
-        if found is not None:
-            return found
+    def train() -> Path:
         update, stop = rich_progress() if show_progress else (None, lambda: None)
         try:
             return train_distilled(settings, progress=update).path
         finally:
             stop()
+
+    return build_once(settings.judges_dir / ".training.lock", lambda: latest_artefact(settings.judges_dir), train)
