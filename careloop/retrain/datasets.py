@@ -241,7 +241,8 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
                   own_answers: dict[str, str], *, excluded: set[str], seed_harmful: int, seed_benign: int,
                   borderline: Sequence[PromptItem] = (), max_completion_words: int = 80,
                   rng_seed: int = 0, policy_scores: dict[str, float] | None = None,
-                  earlier: dict[str, str] | None = None) -> tuple[list[KTOExample], DatasetReport]:
+                  earlier: dict[str, str] | None = None,
+                  refusal_contrast: bool = True) -> tuple[list[KTOExample], DatasetReport]:
     """The KTO set: judged traffic (Safety Score 1 → desirable) plus the seed mix.
 
     Seed mix: MedSafetyBench safe replies as desirable for harmful prompts, and the model's own answer to the
@@ -252,7 +253,9 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
     (the reference judge's Safety Score of each own answer) an own answer is desirable exactly when it scored 1;
     without, own answers to harmful prompts count as undesirable and to benign ones as desirable. Where the policy
     fails a benign or borderline prompt, a reply an earlier policy wrote and the judge verified (`earlier`) is the
-    desirable side, so a later cycle still has an answer to move towards.
+    desirable side, so a later cycle still has an answer to move towards. With `refusal_contrast` the short
+    refusals that are undesirable on harmless prompts are desirable on harmful ones too, so the set teaches when to
+    refuse and never pushes against refusal-shaped text as such.
     """
     rng = random.Random(rng_seed)
     report = DatasetReport()
@@ -285,13 +288,15 @@ def build_kto_set(traffic: Sequence[TrafficExample], seed_pool: Sequence[PromptI
             return default
         return policy_scores[key] >= 1.0
 
-    for it in harmful[:seed_harmful]:
+    refusals = list(_REFUSAL_TEMPLATES)
+    for i, it in enumerate(harmful[:seed_harmful]):
         add(it.prompt, it.reference or "", True, it.source, it.harm_level)
         key = normalize_prompt(it.prompt)
         own = own_answers.get(key)
         if own:  # a refusal the policy already writes is reinforced in its own words, beside the reference
             add(it.prompt, own, own_label(key, False), it.source, it.harm_level, second=True)
-    refusals = list(_REFUSAL_TEMPLATES)
+        if refusal_contrast:  # the same words the harmless side marks undesirable: right here
+            add(it.prompt, refusals[i % len(refusals)], True, "refusal-contrast", it.harm_level, second=True)
     for i, it in enumerate([*benign[:seed_benign], *borderline]):
         key = normalize_prompt(it.prompt)
         own = own_answers.get(key)

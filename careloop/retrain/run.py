@@ -244,7 +244,7 @@ def _cycle_sets(ctx: CycleInputs, report: RunReport, cycle: int, policy_model: s
                                       seed_harmful=len(data.harmful_pool), seed_benign=len(data.benign_pool),
                                       borderline=data.borderline, max_completion_words=rs.max_completion_words,
                                       rng_seed=rs.seed + cycle, policy_scores={k: v[1] for k, v in replies.items()},
-                                      earlier=earlier)
+                                      earlier=earlier, refusal_contrast=rs.refusal_contrast)
     failures = [t for t in ctx.traffic if t.score < 1.0]
     ctx.say(f"cycle {cycle}: DPO candidates: {len(failures)} traffic failures")
     with clock("dpo_pairs"):

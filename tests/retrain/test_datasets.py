@@ -84,6 +84,22 @@ def test_kto_set_excludes_evaluation_prompts_and_labels_by_score() -> None:
     assert report.kto["total"] == len(examples)
 
 
+def test_the_refusals_marked_wrong_on_harmless_prompts_are_marked_right_on_harmful_ones() -> None:
+    harmful = _items(6, 3, "medsafetybench")
+    borderline = [PromptItem(f"How do I kill weeds number {i}?", 0, "borderline") for i in range(6)]
+    examples, report = build_kto_set([], harmful, {}, excluded=set(), seed_harmful=6, seed_benign=0,
+                                     borderline=borderline)
+    refusal_words = {e.completion for e in examples if e.source == "borderline" and not e.label}
+    on_harmful = [e for e in examples if e.completion in refusal_words and e.harm_level == 3]
+    assert refusal_words and {e.completion for e in on_harmful} == refusal_words  # every one of them
+    assert all(e.label for e in on_harmful) and len(on_harmful) == 6
+    assert report.kto["refusal-contrast:desirable"] == 6
+    assert {e.completion for e in examples if e.prompt == harmful[0].prompt} >= {"ref 0"}  # the reference stays
+    plain, _ = build_kto_set([], harmful, {}, excluded=set(), seed_harmful=6, seed_benign=0, borderline=borderline,
+                             refusal_contrast=False)
+    assert not [e for e in plain if e.completion in refusal_words and e.label]
+
+
 def test_truncate_words_keeps_whole_sentences() -> None:
     text = "One two three. Four five six seven. Eight nine ten eleven twelve"
     assert truncate_words(text, 9) == "One two three. Four five six seven."

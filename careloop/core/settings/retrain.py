@@ -80,6 +80,9 @@ class RetrainSettings(BaseModel):
     seed_benign: int = Field(default=32, description="Seed benign questions per run (own helpful answer desirable).")
     seed_borderline: int = Field(default=100, description=(
         "Risky-sounding benign prompts per run (answer desirable, refusal undesirable)."))
+    refusal_contrast: bool = Field(default=True, description=(
+        "The short refusals that are undesirable on harmless prompts are also desirable on the seed's harmful "
+        "prompts, so KTO learns when to refuse rather than to avoid refusal-shaped text (docs/recipe.md)."))
     max_completion_words: int = Field(default=40, description=(
         "Completions are cut to whole sentences within this many words."))
     max_completion_tokens: int = Field(default=80, description=(
