@@ -9,7 +9,12 @@ Everything runs on loopback against `bench/stub_upstream.py` (a zero-latency Ope
    concurrency, which must not grow with the number of streams;
 4. a sustained `wrk` load, then a graceful stop: every request the gateway counted must be in the store.
 
-    .venv/bin/python bench/gateway_bench.py [--litellm /tmp/litellm-venv] [--quick] [--json out.json]
+    .venv/bin/python bench/gateway_bench.py [--litellm /tmp/litellm-venv] [--quick] [--json out.json] [--fresh]
+
+By default every request repeats one prompt and gets one reply, which the gateway's redaction memoises. With
+`--fresh` every request carries a prompt of its own, with identifiers in it (a name, an MRN, a birth date, a
+phone), and the stub quotes it in its reply, so that each exchange costs a redaction as live traffic does; after
+each `wrk` round the benchmark waits for the gateway's traffic log to catch up before the next one.
 
 LiteLLM runs from its own virtualenv (`python -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install
 'litellm[proxy]'`); without it that column is skipped with a note.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import itertools
 import json
 import os
 import re
@@ -44,6 +50,22 @@ BODY = json.dumps({"model": "assistant", "messages": [
 CHAT = "/v1/chat/completions"
 KEY = "sk-bench-2f6c0e3a9d4b47c1a8e5f09b7d31c6e2a4f8b0d9"  # LiteLLM's master key; the others ignore it
 STREAM_BODY = json.dumps({**json.loads(BODY), "stream": True}).encode()
+# `--fresh`: a prompt of its own per request (the same %-format serves Python and wrk's Lua).
+FRESH_NAMES = ("Maria Gonzalez", "James Okafor", "Aiko Tanaka", "Robert Miller", "Fatima Khan", "Liam O'Brien",
+               "Chen Wei", "Sarah Johnson", "Dmitri Ivanov", "Grace Mensah")
+FRESH_PROMPT = ("I'm %s, MRN A%07d, born %d/%d/19%d. I have taken metformin %d mg twice a day since my "
+                "discharge on %d March; call me on 555-%03d-%04d. Can I drink alcohol with it?")
+
+
+def fresh_body(i: int, stream: bool = False) -> bytes:
+    """Request number i of the fresh traffic: the benchmark's body with a user prompt no other request has."""
+    prompt = FRESH_PROMPT % (FRESH_NAMES[i % len(FRESH_NAMES)], i, 1 + i % 12, 1 + i % 28, 40 + i % 50,
+                             250 * (1 + i % 4), 1 + i % 28, i % 1000, i % 10000)
+    req = json.loads(BODY)
+    req["messages"][-1]["content"] = prompt
+    if stream:
+        req["stream"] = True
+    return json.dumps(req).encode()
 
 
 def free_port() -> int:
@@ -104,13 +126,18 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def sequential(targets: dict[str, tuple[int, str]], n: int, body: bytes) -> dict[str, list[float]]:
-    """Interleaved sequential requests on one kept-alive connection per target; seconds per request."""
+def sequential(targets: dict[str, tuple[int, str]], n: int, body: bytes,
+               fresh: bool = False) -> dict[str, list[float]]:
+    """Interleaved sequential requests on one kept-alive connection per target; seconds per request (`fresh`:
+    request i carries `fresh_body(i)` to every target instead of `body`)."""
     conns = {name: http.client.HTTPConnection("127.0.0.1", port) for name, (port, _) in targets.items()}
     times: dict[str, list[float]] = {name: [] for name in targets}
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
     warm = max(50, n // 10)
+    stream = b'"stream": true' in body
     for i in range(n + warm):
+        if fresh:
+            body = fresh_body(i, stream)
         for name, (_, path) in targets.items():
             conn = conns[name]
             t = time.perf_counter()
@@ -132,12 +159,44 @@ wrk.body = [[{body}]]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {key}"
 """
+_WRK_RUNS = itertools.count(1)
+# `--fresh`: each wrk thread numbers its requests from its own offset (and the run's), so no prompt repeats.
+WRK_FRESH_LUA = WRK_LUA + """local names = {{{names}}}
+local next_tid = 0
+function setup(thread)
+  thread:set("offset", {offset} + next_tid * 100000000)
+  next_tid = next_tid + 1
+end
+local n = 0
+function request()
+  n = n + 1
+  local i = offset + n
+  local prompt = string.format([[{prompt}]], names[i % #names + 1], i, 1 + i % 12, 1 + i % 28, 40 + i % 50,
+                               250 * (1 + i % 4), 1 + i % 28, i % 1000, i % 10000)
+  return wrk.format(nil, nil, nil, [[{head}]] .. prompt .. [[{tail}]])
+end
+"""
 
 
-def wrk(port: int, path: str, seconds: int, conns: int, tmp: Path) -> dict[str, Any]:
+def wrk_script(tmp: Path, fresh: bool) -> Path:
+    """The wrk Lua script: the benchmark's one body, or (`fresh`) a prompt of its own per request."""
+    script = tmp / ("post-fresh.lua" if fresh else "post.lua")
+    if not fresh:
+        script.write_text(WRK_LUA.format(body=BODY.decode(), key=KEY))
+        return script
+    marker = "\u0000PROMPT\u0000"
+    req = json.loads(BODY)
+    req["messages"][-1]["content"] = marker
+    head, tail = json.dumps(req).split(json.dumps(marker)[1:-1])
+    names = ", ".join(json.dumps(n) for n in FRESH_NAMES)
+    script.write_text(WRK_FRESH_LUA.format(body=BODY.decode(), key=KEY, names=names, head=head, tail=tail,
+                                           prompt=FRESH_PROMPT, offset=next(_WRK_RUNS) * 10**9))
+    return script
+
+
+def wrk(port: int, path: str, seconds: int, conns: int, tmp: Path, fresh: bool = False) -> dict[str, Any]:
     """Run wrk and return requests/s, requests, non-2xx and latency percentiles (ms)."""
-    script = tmp / "post.lua"
-    script.write_text(WRK_LUA.format(body=BODY.decode(), key=KEY))
+    script = wrk_script(tmp, fresh)
     out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script),
                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -185,6 +244,19 @@ def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and not line.startswith("#"))
+
+
+def wait_drained(port: int, timeout_s: float = 120.0) -> float:
+    """Wait until a careloop gateway's traffic-log queue is empty (no-op for other targets); seconds waited."""
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout_s:
+        try:
+            if metric(port, "careloop_traffic_log_queue_depth") == 0:
+                break
+        except OSError:
+            break
+        time.sleep(0.2)
+    return time.perf_counter() - t
 
 
 def overhead_quantiles(port: int, qs: tuple[float, ...] = (0.5, 0.99)) -> dict[float, float]:
@@ -335,6 +407,8 @@ def main() -> None:
                         help="also run this gateway with the write-ahead log off (the durability's own cost)")
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test of the script)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--fresh", action="store_true",
+                        help="a prompt of its own per request, quoted in the reply (redaction is not memoised)")
     parser.add_argument("--keys", action="store_true",
                         help="add a column: a second gateway with client keys required and the key rate limited")
     args = parser.parse_args()
@@ -350,7 +424,8 @@ def main() -> None:
     results: dict[str, object] = {}
     try:
         stub_port, slow_port = free_port(), free_port()
-        procs.start([PY, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(stub_port), "--chunks", "16"])
+        procs.start([PY, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(stub_port), "--chunks", "16",
+                     *(["--echo"] if args.fresh else [])])
         procs.start([PY, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(slow_port), "--chunks", "20",
                      "--chunk-delay", "0.05"])
         wait_http(f"http://127.0.0.1:{stub_port}/health")
@@ -386,7 +461,7 @@ def main() -> None:
         if "sequential" in sections:
             print(f"\n== sequential, kept-alive, {args.requests} requests each (interleaved) ==")
             for label, body in (("plain", BODY), ("stream", STREAM_BODY)):
-                times = sequential(targets, args.requests, body)
+                times = sequential(targets, args.requests, body, args.fresh)
                 base50, base99 = pct(times["direct"], 0.5), pct(times["direct"], 0.99)
                 row: dict[str, object] = {"direct_p50_ms": base50 * 1e3, "direct_p99_ms": base99 * 1e3}
                 for name in targets:
@@ -423,15 +498,20 @@ def main() -> None:
             runs: dict[str, list[dict[str, Any]]] = {n: [] for n in targets}
             for rnd in range(args.wrk_rounds):
                 for name in (gateways if rnd % 2 == 0 else gateways[::-1]):
-                    runs[name].append(wrk(targets[name][0], targets[name][1], args.wrk_seconds, 32, tmp))
-            runs["direct"].append(wrk(targets["direct"][0], targets["direct"][1], args.wrk_seconds, 32, tmp))
+                    port, path = targets[name]
+                    runs[name].append(wrk(port, path, args.wrk_seconds, 32, tmp, args.fresh))
+                    if args.fresh:  # the next gateway's round must not share the machine with this one's backlog
+                        runs[name][-1]["drain_s"] = wait_drained(port)
+            runs["direct"].append(wrk(targets["direct"][0], targets["direct"][1], args.wrk_seconds, 32, tmp,
+                                      args.fresh))
             for name in [*gateways, "direct"]:
                 ordered = sorted(runs[name], key=lambda x: x["rps"])
                 r = {**ordered[len(ordered) // 2], "rounds_rps": [x["rps"] for x in runs[name]]}
                 tp[name] = r
+                drain = f"   log caught up {r['drain_s']:.1f} s after" if "drain_s" in r else ""
                 print(f"{name:14s} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   "
                       f"non-2xx {r['non2xx']} {r['socket_errors']}   rounds "
-                      + " ".join(f"{x:.0f}" for x in r["rounds_rps"]))
+                      + " ".join(f"{x:.0f}" for x in r["rounds_rps"]) + drain)
             if ll_port:
                 ratio = tp["careloop"]["rps"] / max(tp["litellm"]["rps"], 1e-6)  # type: ignore[index]
                 tp["careloop_over_litellm"] = ratio
@@ -470,7 +550,7 @@ def main() -> None:
         if "sustained" in sections:
             print(f"\n== sustained load {args.load_seconds} s (wrk -c32), then graceful stop and row count ==")
             before = metric(gw_port, "careloop_requests_total")
-            load = wrk(gw_port, "/v1/chat/completions", args.load_seconds, 32, tmp)
+            load = wrk(gw_port, "/v1/chat/completions", args.load_seconds, 32, tmp, args.fresh)
             time.sleep(1.0)  # requests in flight when wrk stopped finish and are counted
             counted = metric(gw_port, "careloop_requests_total") - before
             dropped = metric(gw_port, "careloop_traffic_log_dropped_total")

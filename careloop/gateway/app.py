@@ -65,7 +65,8 @@ class Gateway:
         wal_key = load_or_create_secret(settings.wal_key_file or secrets_dir / "wal.key") if g.durable_log else None
         self.traffic_log = TrafficLog(self.engine, settings.spool_dir, self.metrics, g.log_queue_size,
                                       g.log_batch_size, g.log_flush_interval_s, wal_dir=settings.wal_dir,
-                                      wal_key=wal_key, quarantine_dir=settings.quarantine_dir)
+                                      wal_key=wal_key, quarantine_dir=settings.quarantine_dir,
+                                      row_processes=g.row_processes)
         self.routes = Routes(stable=settings.base_model)
         self.last_reconcile: float = 0.0
         self.last_reconcile_error: str | None = None

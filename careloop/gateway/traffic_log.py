@@ -2,9 +2,10 @@
 
 The request path appends a `Record` holding raw bytes (the parsed request it already has and the upstream
 response as received) to the encrypted write-ahead log (`careloop/gateway/wal.py`) before the response ends, and to the
-in-memory queue. Everything else — parsing the response or the SSE stream, counting tokens, redacting patient
-identifiers (`careloop/gateway/rows.py`), building rows and inserting them (`careloop/gateway/store_writer.py`:
-store, or spool while it is down, or quarantine) — runs in one writer thread, off the event loop. A process killed
+in-memory queue. Everything else runs off the event loop: one writer thread takes batches, has their rows built —
+the response or the SSE stream parsed, tokens counted, patient identifiers redacted (`careloop/gateway/rows.py`) —
+in a child process (`careloop/gateway/row_process.py`, so that redaction does not hold the event loop's GIL), and
+inserts them (`careloop/gateway/store_writer.py`: store, or spool while it is down, or quarantine). A process killed
 with exchanges still queued leaves its WAL folder behind; the next start replays it.
 """
 
@@ -27,6 +28,7 @@ from careloop.core.store import insert_exchanges
 from careloop.gateway.metrics import GatewayMetrics
 from careloop.gateway.quarantine import Quarantine, reason_of
 from careloop.gateway.record import Record, decode_record, encode_record
+from careloop.gateway.row_process import RowProcess, build_rows
 from careloop.gateway.rows import build_row
 from careloop.gateway.store_writer import StoreWriter
 from careloop.gateway.wal import Wal, orphans, read_segments
@@ -41,7 +43,7 @@ class TrafficLog:
                  batch_size: int = 500, flush_interval_s: float = 0.2,
                  insert: Callable[[Engine, list[dict[str, Any]]], int] = insert_exchanges,
                  wal_dir: Path | None = None, wal_key: bytes | None = None,
-                 quarantine_dir: Path | None = None) -> None:
+                 quarantine_dir: Path | None = None, row_processes: int = 0) -> None:
         self.spool_dir = Path(spool_dir)
         self.metrics = metrics
         self.max_queue = max_queue
@@ -58,6 +60,7 @@ class TrafficLog:
         self.wal: Wal | None = None
         self.quarantine = Quarantine(quarantine_dir or self.spool_dir.parent / "quarantine")
         self.writer = StoreWriter(engine, self.spool_dir, metrics, self.quarantine, batch_size, insert)
+        self.rows_in = RowProcess(row_processes) if row_processes > 0 else None
         self.dropped = 0
         self.recovered = 0
         metrics.queue_depth.set_function(lambda: len(self._queue))
@@ -125,6 +128,8 @@ class TrafficLog:
                     self.writer.spool([build_row(r) for r in rest])
                     self._wal_done(rest)
         self._executor.shutdown(wait=True)
+        if self.rows_in is not None:
+            self.rows_in.close()
         if self.wal is not None:
             self.wal.close()
             self.wal = None
@@ -142,6 +147,13 @@ class TrafficLog:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.rows_in is not None:
+            try:
+                await loop.run_in_executor(self._executor, self.rows_in.start)
+            except Exception as exc:
+                log.error("could not start the row builder process (%s); rows are built in the writer thread",
+                          type(exc).__name__)
+                self.rows_in = None
         if self.wal_dir is not None and self.wal_key is not None:
             try:
                 await loop.run_in_executor(self._executor, self._recover)
@@ -172,15 +184,14 @@ class TrafficLog:
             self.wal.done([r.wal_seq for r in batch if r.wal_seq])
 
     def _rows(self, batch: list[Record]) -> list[dict[str, Any]]:
+        built = self.rows_in.build(batch) if self.rows_in is not None else build_rows(batch)
         rows = []
-        for record in batch:
-            try:
-                rows.append(build_row(record))
-            except Exception as exc:
-                log.error("could not build the row of exchange %s (%s); quarantined", record.id,
-                          type(exc).__name__)
-                self.writer.quarantine_rows([({"id": record.id, "status": record.status},
-                                              f"unbuildable: {reason_of(exc)}")])
+        for record, row in zip(batch, built, strict=True):
+            if isinstance(row, str):
+                log.error("could not build the row of exchange %s (%s); quarantined", record.id, row)
+                self.writer.quarantine_rows([({"id": record.id, "status": record.status}, row)])
+            else:
+                rows.append(row)
         return rows
 
     def _write(self, batch: list[Record]) -> None:

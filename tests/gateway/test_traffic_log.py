@@ -56,16 +56,19 @@ async def test_parse_stream_counts_deltas_without_usage() -> None:
     assert parse_stream(chunks) == ("Take care", "length", None, 2)
 
 
-async def test_batches_are_written_redacted_and_drained(tmp_path: Path) -> None:
+@pytest.mark.parametrize("row_process", [False, True], ids=["rows-in-thread", "rows-in-child"])
+async def test_batches_are_written_redacted_and_drained(tmp_path: Path, row_process: bool) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
     init_db(engine)
     log = TrafficLog(engine, tmp_path / "spool", GatewayMetrics(), max_queue=1000, batch_size=50,
-                     flush_interval_s=0.05)
+                     flush_interval_s=0.05, row_processes=int(row_process))
     log.start()
     for i in range(120):
         log.submit(record(i, sampled=i % 10 == 0))
+    child = log.rows_in
     await log.drain()
     assert count(engine) == 120 and log.writer.written == 120 and log.dropped == 0
+    assert (child is not None and child.restarts == 0) is row_process
     with Session(engine) as session:
         row = session.get(Exchange, "ex00000010")
     assert row is not None and row.sampled and row.judge_state == "pending"

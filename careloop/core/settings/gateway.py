@@ -32,6 +32,9 @@ class GatewaySettings(BaseModel):
     durable_log: bool = Field(default=True, description=(
         "Append each exchange to the encrypted write-ahead log before its response ends, so a killed gateway "
         "loses no answered exchange (the next start replays it)."))
+    row_processes: int = Field(default=1, ge=0, le=64, description=(
+        "Child processes that build the traffic log's rows (parse, redact), so that redaction does not hold the "
+        "event loop's GIL; each takes a share of every batch. 0 builds them in the writer thread."))
     # Hostile input (careloop/gateway/limits.py).
     max_request_line_bytes: int = Field(default=8192, description="Longest request line (method, URL); 414 past it.")
     max_header_count: int = Field(default=100, description="Most request headers; 431 past it.")
