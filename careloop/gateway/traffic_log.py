@@ -188,7 +188,7 @@ class TrafficLog:
         rows = []
         for record, row in zip(batch, built, strict=True):
             if isinstance(row, str):
-                log.error("could not build the row of exchange %s (%s); quarantined", record.id, row)
+                log.error("could not build the row of exchange %s; quarantined with the reason", record.id)
                 self.writer.quarantine_rows([({"id": record.id, "status": record.status}, row)])
             else:
                 rows.append(row)

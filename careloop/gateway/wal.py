@@ -7,7 +7,7 @@ of the response goes out: a SIGKILL after that cannot lose the exchange (the ker
 (fdatasync) is group-committed by the writer thread once per batch, on a segment appends have moved on from,
 which bounds what a power loss can lose to one flush interval without a syscall per request.
 
-The log holds raw, unredacted exchanges (redaction runs later, in the writer thread, where it does not hold up
+The log holds raw, unredacted exchanges (redaction runs later, off the event loop, where it does not hold up
 the response), so every record is encrypted with AES-256-GCM under a per-folder key derived from a 0600 key
 file. A segment is deleted as soon as every record in it has reached the store, the spool or the quarantine,
 so the log only ever holds the last few hundred milliseconds of traffic.
