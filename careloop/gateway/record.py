@@ -33,11 +33,13 @@ class Record:
     trace_id: str | None = None
     key_name: str | None = None
     wal_seq: int = 0  # the WAL segment holding it (0: not in the WAL)
+    encoded: bytes | None = None  # `encode_record`'s bytes, once made (the WAL's plaintext; what row builders get)
 
 
 _HEAD = struct.Struct(">I")
-# Every field but the response bytes and the WAL position, by name: a field added to Record travels too.
-_WAL_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("response", "wal_seq"))
+# Every field but the response bytes, the WAL position and the encoding itself, by name: a field added to
+# Record travels too.
+_WAL_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("response", "wal_seq", "encoded"))
 
 
 def encode_record(r: Record) -> bytes:

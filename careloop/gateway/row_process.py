@@ -3,9 +3,9 @@
 Redacting a fresh exchange costs 0.3–0.7 ms of pure-Python CPU. In the writer thread that time holds the GIL the
 event loop needs, so at a few thousand new prompts a second the relay waits for it. Child processes (`spawn`ed,
 so nothing of the gateway's loop or threads is copied; `gateway.row_processes` of them, each taking an equal
-share of every batch) build the rows instead; the writer thread only pickles records there and rows back, and
-waits with the GIL released. Each child keeps its own memo of redacted texts (system prompts and earlier turns
-come back with every request).
+share of every batch) build the rows instead; the writer thread only sends each record's WAL encoding there
+(bytes the request path made anyway) and unpickles the rows back, and waits with the GIL released. Each child
+keeps its own memo of redacted texts (system prompts and earlier turns come back with every request).
 
 If a child dies (killed, out of memory), the batch is built in the writer thread instead and new children are
 started for the next one: a row is never lost to them. Rows are built the same way in both places
@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from careloop.gateway.quarantine import reason_of
-from careloop.gateway.record import Record
+from careloop.gateway.record import Record, decode_record, encode_record
 from careloop.gateway.rows import build_row
 
 log = logging.getLogger("careloop.traffic_log")
@@ -33,7 +33,7 @@ Built = dict[str, Any] | str  # a row, or why it could not be built
 
 
 def build_rows(batch: list[Record]) -> list[Built]:
-    """Each record's row, or the reason its row could not be built (runs in the child, or in-thread)."""
+    """Each record's row, or the reason its row could not be built (in the writer thread)."""
     out: list[Built] = []
     for record in batch:
         try:
@@ -41,6 +41,25 @@ def build_rows(batch: list[Record]) -> list[Built]:
         except Exception as exc:
             out.append(f"unbuildable: {reason_of(exc)}")
     return out
+
+
+def build_encoded(batch: list[bytes]) -> list[Built]:
+    """`build_rows` for records as `encode_record` wrote them (in a child: bytes cross the pipe as they are,
+    where pickling a record would cost the writer thread as much as building its row from the memo)."""
+    out: list[Built] = []
+    for data in batch:
+        try:
+            out.append(build_row(decode_record(data)))
+        except Exception as exc:
+            out.append(f"unbuildable: {reason_of(exc)}")
+    return out
+
+
+def encoded(record: Record) -> bytes:
+    """The record's `encode_record` bytes (made on the request path when the WAL is on)."""
+    if record.encoded is None:
+        record.encoded = encode_record(record)
+    return record.encoded
 
 
 def _child_init(parent: int) -> None:
@@ -75,15 +94,16 @@ class RowProcess:
     def start(self) -> None:
         """Start the children now (each imports the redaction rules once, before traffic needs them)."""
         pool = self._ensure()
-        for future in [pool.submit(build_rows, []) for _ in range(self.processes)]:
+        for future in [pool.submit(build_encoded, []) for _ in range(self.processes)]:
             future.result(self.timeout_s)
 
     def build(self, batch: list[Record]) -> list[Built]:
         """The rows of a batch, in order, built in the children; in this thread if one is gone or fails."""
         try:
             pool = self._ensure()
-            share = -(-len(batch) // self.processes)
-            futures = [pool.submit(build_rows, batch[i:i + share]) for i in range(0, len(batch), share or 1)]
+            data = [encoded(r) for r in batch]
+            share = -(-len(data) // self.processes)
+            futures = [pool.submit(build_encoded, data[i:i + share]) for i in range(0, len(data), share or 1)]
             return [row for future in futures for row in future.result(self.timeout_s)]
         except Exception as exc:  # the child died, hung or could not be reached: never lose the batch
             log.error("row builder process failed (%s); building this batch in the writer thread and "

@@ -71,7 +71,8 @@ class TrafficLog:
         counted as dropped). Never blocks."""
         wal = self.wal
         if wal is not None:
-            record.wal_seq = wal.append(encode_record(record))
+            record.encoded = encode_record(record)
+            record.wal_seq = wal.append(record.encoded)
         if len(self._queue) >= self.max_queue:
             self.dropped += 1
             self.metrics.dropped.inc()
