@@ -34,6 +34,9 @@ async def chat_completions(gw: GatewayState, scope: Scope, receive: Receive, sen
     if read is None:
         return
     ex, req = read
+    log = gw.traffic_log
+    if log.depth > log.high_water:  # backpressure: hold this request (not the next one) until the log has room
+        await log.wait_for_room()
     record, payload = _route(gw, ex, req)
     failure = await _forward(gw, ex, record, payload, scope, receive, send)
     await _record(gw, ex, record, failure, send)
@@ -188,7 +191,7 @@ async def _forward(gw: GatewayState, ex: Exchange, record: Record, payload: byte
 
 async def _record(gw: GatewayState, ex: Exchange, record: Record, failure: GatewayError | None,
                   send: Send) -> None:
-    """Record: log the exchange if the relay did not, report a late failure, count, trace, apply backpressure."""
+    """Record: log the exchange if the relay did not, report a late failure, count, trace."""
     total = time.perf_counter() - ex.t0
     log = gw.traffic_log
     if record.status == 0:  # not logged yet: an error, or a client that left
@@ -208,9 +211,6 @@ async def _record(gw: GatewayState, ex: Exchange, record: Record, failure: Gatew
                      record.stream, ex.error)
     if status == 499:
         metrics.client_disconnects.inc()
-        return
-    if log.depth > log.high_water:
-        await log.wait_for_room()
 
 
 async def _fail_late(send: Send, started: bool, exc: GatewayError, headers: list[tuple[bytes, bytes]]) -> None:

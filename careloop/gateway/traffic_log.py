@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +51,8 @@ class TrafficLog:
         self.flush_interval_s = flush_interval_s
         self._queue: deque[Record] = deque()
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # set while the queue is at or below its high-water mark
+        self._room.set()
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="careloop-traffic-log")
         self._closing = False
@@ -78,18 +79,24 @@ class TrafficLog:
             self.metrics.dropped.inc()
             return
         self._queue.append(record)
-        if len(self._queue) >= self.batch_size:
+        depth = len(self._queue)
+        if depth >= self.batch_size:
             self._wake.set()
+        if depth > self.high_water:
+            self._room.clear()
 
     async def wait_for_room(self, max_wait_s: float = 1.0) -> None:
-        """Backpressure: called by a request that found the queue above its high-water mark, after its response
-        was sent. Waiting (not computing) hands the GIL to the writer thread, and holds that client's next
-        request on the connection, so under sustained overload the gateway slows intake instead of dropping
-        exchanges. Gives up after `max_wait_s` (then a full queue drops, counted)."""
+        """Backpressure: called by a request that found the queue above its high-water mark, before it is
+        forwarded. Holding requests (not answering them and waiting afterwards: the server would read the
+        connection's next request meanwhile) is what slows intake, so under sustained overload the gateway
+        serves at the writer's pace instead of dropping exchanges. Gives up after `max_wait_s` (a stuck writer
+        must not stop the service; then a full queue drops, counted, and the WAL keeps them)."""
         self.metrics.backpressure.inc()
-        deadline = time.monotonic() + max_wait_s
-        while len(self._queue) > self.high_water and time.monotonic() < deadline and self._task is not None:
-            await asyncio.sleep(0.002)
+        if self._task is None or len(self._queue) <= self.high_water:
+            return
+        self._room.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._room.wait(), max_wait_s)
 
     @property
     def depth(self) -> int:
@@ -144,7 +151,10 @@ class TrafficLog:
 
     def _take(self, n: int) -> list[Record]:
         q = self._queue
-        return [q.popleft() for _ in range(min(n, len(q)))]
+        batch = [q.popleft() for _ in range(min(n, len(q)))]
+        if len(q) <= self.high_water:
+            self._room.set()  # release the requests backpressure holds
+        return batch
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import aiohttp
 import orjson
@@ -11,6 +13,7 @@ from sqlmodel import Session, select
 
 from careloop.core.schema import Exchange
 from careloop.core.settings import Settings
+from careloop.gateway.record import Record
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.gateway_helpers import running_gateway
 
@@ -232,3 +235,29 @@ async def test_stream_cut_by_upstream_ends_with_an_error_event(gw_settings: Sett
     assert last.startswith(b"data: ") and orjson.loads(last[6:])["error"]["code"] == "bad_gateway"
     (row,) = rows(gw_settings)
     assert row.status == 502
+
+
+async def test_backpressure_holds_requests_until_the_log_has_room(gw_settings: Settings, fake: FakeUpstream,
+                                                                  client: aiohttp.ClientSession) -> None:
+    """Above the log's high-water mark a request is held before it is forwarded, not answered at once (answering
+    and waiting afterwards lets the server read the connection's next request meanwhile: no backpressure)."""
+    gw_settings.gateway.log_queue_size, gw_settings.gateway.log_batch_size = 20, 2
+    async with running_gateway(gw_settings) as (gw, url):
+        log = gw.traffic_log
+        store = log.writer.store
+
+        def slow_store(rows: list[dict[str, Any]]) -> None:  # a writer that takes 0.1 s a batch of 2
+            time.sleep(0.1)
+            store(rows)
+
+        log.writer.store = slow_store  # type: ignore[method-assign]
+        for i in range(18):  # queue above its high-water mark (10): ~0.4 s of writing before there is room
+            log.submit(Record(f"held{i:04d}", time.time(), "assistant", "none", "stable", None,
+                              {"model": "assistant", "messages": []}, None, 404, False, False, 1.0, "x"))
+        assert log.depth > log.high_water
+        async with client.post(url + CHAT, json={"model": "assistant", "messages": MESSAGES}) as resp:
+            assert resp.status == 200
+            depth_at_answer = log.depth
+        assert depth_at_answer <= log.high_water + 1  # + its own record
+        assert b"careloop_traffic_log_backpressure_total 1.0" in gw.metrics.render()
+    assert len(rows(gw_settings)) == 19 and log.dropped == 0
