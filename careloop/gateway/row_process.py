@@ -32,24 +32,14 @@ log = logging.getLogger("careloop.traffic_log")
 Built = dict[str, Any] | str  # a row, or why it could not be built
 
 
-def build_rows(batch: list[Record]) -> list[Built]:
-    """Each record's row, or the reason its row could not be built (in the writer thread)."""
+def build_rows(batch: list[Record] | list[bytes]) -> list[Built]:
+    """Each record's row, or the reason its row could not be built. A child gets records as `encode_record`
+    wrote them: bytes cross the pipe as they are, where pickling a record would cost the writer thread as much as
+    building its row from the memo."""
     out: list[Built] = []
-    for record in batch:
+    for item in batch:
         try:
-            out.append(build_row(record))
-        except Exception as exc:
-            out.append(f"unbuildable: {reason_of(exc)}")
-    return out
-
-
-def build_encoded(batch: list[bytes]) -> list[Built]:
-    """`build_rows` for records as `encode_record` wrote them (in a child: bytes cross the pipe as they are,
-    where pickling a record would cost the writer thread as much as building its row from the memo)."""
-    out: list[Built] = []
-    for data in batch:
-        try:
-            out.append(build_row(decode_record(data)))
+            out.append(build_row(decode_record(item) if isinstance(item, bytes) else item))
         except Exception as exc:
             out.append(f"unbuildable: {reason_of(exc)}")
     return out
@@ -94,7 +84,7 @@ class RowProcess:
     def start(self) -> None:
         """Start the children now (each imports the redaction rules once, before traffic needs them)."""
         pool = self._ensure()
-        for future in [pool.submit(build_encoded, []) for _ in range(self.processes)]:
+        for future in [pool.submit(build_rows, []) for _ in range(self.processes)]:
             future.result(self.timeout_s)
 
     def build(self, batch: list[Record]) -> list[Built]:
@@ -103,7 +93,7 @@ class RowProcess:
             pool = self._ensure()
             data = [encoded(r) for r in batch]
             share = -(-len(data) // self.processes)
-            futures = [pool.submit(build_encoded, data[i:i + share]) for i in range(0, len(data), share or 1)]
+            futures = [pool.submit(build_rows, data[i:i + share]) for i in range(0, len(data), share or 1)]
             return [row for future in futures for row in future.result(self.timeout_s)]
         except Exception as exc:  # the child died, hung or could not be reached: never lose the batch
             log.error("row builder process failed (%s); building this batch in the writer thread and "
@@ -124,7 +114,7 @@ class RowProcess:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        """Stop the child."""
+        """Stop the children."""
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
